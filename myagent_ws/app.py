@@ -1,0 +1,132 @@
+"""create_app(settings, registry) -> web.Application. No argv, no run_app: the CLI and the
+tests both build the same application here."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiohttp import WSCloseCode, web
+
+from myagent.llm import model_from_env
+
+from . import console
+from .connection import Connection
+from .keys import CONNECTIONS, MODEL, PROTOCOL, REGISTRY, SESSIONS, SETTINGS, STARTED_AT, STORE
+from .protocol import Protocol, encode, make_event
+from .registry import AgentRegistry
+from .sessions import SessionManager
+from .settings import Settings
+from .store import MemoryStore, Store
+
+log = logging.getLogger(__name__)
+
+
+def create_app(
+    settings: Settings,
+    registry: AgentRegistry,
+    *,
+    model: Any = None,
+    store: Store | None = None,
+) -> web.Application:
+    """Build the server. `model` serves agents that bring none (default: from settings/env)."""
+    app = web.Application()
+    app[SETTINGS] = settings
+    app[REGISTRY] = registry
+    app[PROTOCOL] = Protocol(max_frame_bytes=settings.max_frame_bytes)
+    app[MODEL] = model if model is not None else model_for(settings)
+    app[STORE] = store if store is not None else MemoryStore(settings.replay_buffer)
+    app[SESSIONS] = SessionManager(registry, app[STORE], settings, app[MODEL])
+    app[CONNECTIONS] = set()
+    app[STARTED_AT] = time.monotonic()
+    app.router.add_get("/", endpoint)
+    console.add_routes(app)
+    app.cleanup_ctx.append(_background_tasks)
+    app.on_shutdown.append(_end_sessions_and_close)
+    return app
+
+
+def model_for(settings: Settings) -> Any:
+    """The model for agents that bring none: OpenAI-compatible if configured, else offline."""
+    return model_from_env(
+        model=settings.model,
+        base_url=settings.llm_base_url,
+        api_key=settings.llm_api_key,
+        timeout=settings.llm_timeout_s,
+    )
+
+
+async def endpoint(request: web.Request) -> web.StreamResponse:
+    """GET /: a WebSocket upgrade is a client connection; a plain GET gets the page."""
+    app = request.app
+    settings = app[SETTINGS]
+    ws = web.WebSocketResponse(
+        heartbeat=settings.ws_ping_s or None,
+        max_msg_size=settings.max_frame_bytes * settings.frame_ceiling_factor,
+    )
+    if not ws.can_prepare(request).ok:
+        return await console.index(request)
+    await ws.prepare(request)
+    connection = Connection(
+        ws,
+        app[SESSIONS],
+        app[PROTOCOL],
+        queue_size=settings.send_queue_size,
+        debug=settings.debug,
+    )
+    app[CONNECTIONS].add(connection)
+    try:
+        await connection.serve(app[REGISTRY].names())
+    finally:
+        app[CONNECTIONS].discard(connection)
+    return ws
+
+
+async def _heartbeat(app: web.Application, interval_s: float) -> None:
+    """One app-wide timer, one encode per tick, however many connections there are."""
+    while True:
+        await asyncio.sleep(interval_s)
+        frame = encode(
+            make_event(
+                "system.heartbeat",
+                metadata={
+                    "active_sessions": len(app[SESSIONS]),
+                    "uptime_s": round(time.monotonic() - app[STARTED_AT], 3),
+                },
+            )
+        )
+        for connection in tuple(app[CONNECTIONS]):
+            connection.send(frame)
+
+
+async def _background_tasks(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    tasks = [asyncio.create_task(app[SESSIONS].run_reaper(), name="session reaper")]
+    if settings.heartbeat_s > 0:
+        tasks.append(asyncio.create_task(_heartbeat(app, settings.heartbeat_s), name="heartbeat"))
+    yield
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    await app[STORE].close()
+    aclose = getattr(app[MODEL], "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+async def _end_sessions_and_close(app: web.Application) -> None:
+    """Shutdown: interrupt turns, tell every session it ended, flush, then close sockets."""
+    await app[SESSIONS].shutdown()
+    await asyncio.gather(
+        *(
+            c.close(code=WSCloseCode.GOING_AWAY, timeout_s=app[SETTINGS].shutdown_timeout_s)
+            for c in tuple(app[CONNECTIONS])
+        ),
+        return_exceptions=True,
+    )

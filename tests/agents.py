@@ -1,0 +1,82 @@
+"""Agents for server tests: real tools and FunctionModel scripts, no network."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from myagent import BaseTool, FunctionModel, ModelReply, ToolCallRequest, ToolResult, create_react_agent
+
+
+class WaitTool(BaseTool):
+    """Blocks until its class-level gate opens: lets tests catch a turn mid-tool."""
+
+    name = "wait"
+    description = "Wait for the gate."
+    parameters = {"type": "object", "properties": {"key": {"type": "string"}}, "required": ["key"]}
+    gates: dict[str, asyncio.Event] = {}
+    started: dict[str, asyncio.Event] = {}
+
+    @classmethod
+    def gate(cls, key: str) -> asyncio.Event:
+        return cls.gates.setdefault(key, asyncio.Event())
+
+    @classmethod
+    def entered(cls, key: str) -> asyncio.Event:
+        return cls.started.setdefault(key, asyncio.Event())
+
+    async def execute(self, key: str) -> ToolResult:
+        self.entered(key).set()
+        await self.gate(key).wait()
+        return ToolResult(output=f"gate {key} opened")
+
+
+def _calls_tool_once(tool: str, args_from_text: Any) -> FunctionModel:
+    """Call `tool` with args derived from the user text, then answer with its output."""
+
+    def model(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> ModelReply | str:
+        last = messages[-1]
+        if last["role"] == "tool":
+            return f"done: {last['content']}"
+        user = next(m["content"] for m in reversed(messages) if m["role"] == "user")
+        call = ToolCallRequest(id=f"call_{len(messages)}", name=tool, arguments=json.dumps(args_from_text(user)))
+        return ModelReply(text="", tool_calls=[call])
+
+    model.__name__ = f"calls_{tool}"
+    return FunctionModel(model)
+
+
+def waiting_agent(name: str = "waiter") -> Any:
+    """Each user text names a gate; the turn waits in the tool until the test opens it."""
+    return create_react_agent(
+        name=name,
+        tools=[WaitTool()],
+        system_prompt="wait",
+        model=_calls_tool_once("wait", lambda text: {"key": text}),
+        description="Waits on a gate named by the message.",
+    )
+
+
+def counting_agent(name: str = "counter") -> Any:
+    """Answers with how many user messages it remembers: shows per-session memory."""
+
+    def model(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> str:
+        seen = [m["content"] for m in messages if m["role"] == "user"]
+        return f"{len(seen)}: " + " | ".join(seen)
+
+    return create_react_agent(name=name, tools=[], model=FunctionModel(model), description="Counts.")
+
+
+def looping_agent(name: str = "looper", max_steps: int = 3) -> Any:
+    """Always asks for another tool call: hits max_steps."""
+    return create_react_agent(
+        name=name,
+        tools=[WaitTool()],
+        max_steps=max_steps,
+        model=FunctionModel(
+            lambda messages, tools: ModelReply(
+                tool_calls=[ToolCallRequest(id=f"c{len(messages)}", name="nope", arguments="{}")]
+            )
+        ),
+    )

@@ -1,0 +1,82 @@
+"""A test client over aiohttp's real WebSocket client that checks every frame it receives
+against the outbound schemas and the seq rules."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import aiohttp
+
+from myagent_ws.protocol import Protocol
+
+TERMINAL = {"agent.final_answer", "agent.error", "agent.timeout", "agent.interrupted"}
+_protocol = Protocol()
+
+
+class WsClient:
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self.received: list[dict[str, Any]] = []
+        self.last_seq: dict[str, int] = {}
+
+    async def send(self, message: dict[str, Any] | str) -> None:
+        await self.ws.send_str(message if isinstance(message, str) else json.dumps(message))
+
+    async def recv(self, timeout: float = 5.0) -> dict[str, Any]:
+        msg = await self.ws.receive(timeout=timeout)
+        assert msg.type is aiohttp.WSMsgType.TEXT, f"expected a text frame, got {msg!r}"
+        event = json.loads(msg.data)
+        _protocol.check_outbound(event)
+        if "seq" in event:
+            sid = event["session_id"]
+            expected = self.last_seq.get(sid, 0) + 1
+            # A replay after reconnect may restart below; live events never skip.
+            if event["event"] != "agent.session_resumed" and event["seq"] >= expected:
+                assert event["seq"] == expected, f"seq gap: {event['seq']} after {expected - 1}"
+            assert event["event_id"] == f"{sid}:{event['seq']}"
+            self.last_seq[sid] = max(self.last_seq.get(sid, 0), event["seq"])
+        self.received.append(event)
+        return event
+
+    async def expect(self, name: str, timeout: float = 5.0, **match: Any) -> dict[str, Any]:
+        """Receive until an event named `name` (and matching fields) arrives."""
+        async with asyncio.timeout(timeout):
+            while True:
+                event = await self.recv(timeout)
+                if event["event"] == name and all(event.get(k) == v for k, v in match.items()):
+                    return event
+
+    async def error(self, code: str, timeout: float = 5.0) -> dict[str, Any]:
+        event = await self.expect("system.error", timeout)
+        assert event["metadata"]["code"] == code, event
+        return event
+
+    async def create_session(self, agent: str | None = None) -> str:
+        message: dict[str, Any] = {"event": "user.create_session"}
+        if agent is not None:
+            message["content"] = {"agent": agent}
+        await self.send(message)
+        event = await self.expect("agent.session_created")
+        return event["session_id"]
+
+    async def until_terminal(self, session_id: str, timeout: float = 10.0) -> list[dict[str, Any]]:
+        """Events of one session up to and including its turn's terminal event."""
+        events: list[dict[str, Any]] = []
+        async with asyncio.timeout(timeout):
+            while True:
+                event = await self.recv(timeout)
+                if event.get("session_id") != session_id:
+                    continue
+                events.append(event)
+                if event["event"] in TERMINAL:
+                    return events
+
+    async def turn(self, session_id: str, text: str, timeout: float = 10.0) -> list[dict[str, Any]]:
+        await self.send({"event": "user.message", "session_id": session_id, "content": text})
+        return await self.until_terminal(session_id, timeout)
+
+
+def names(events: list[dict[str, Any]]) -> list[str]:
+    return [e["event"] for e in events]

@@ -1,0 +1,141 @@
+"""Fixtures that start real things: the app on a loopback port, real WebSocket clients,
+a local OpenAI-compatible server, and the real console script as a subprocess."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from myagent_ws.app import create_app
+from myagent_ws.loader import load_agent_files, spec_for
+from myagent_ws.registry import AgentRegistry
+from myagent_ws.settings import Settings
+from tests.client import WsClient
+from tests.fake_openai import fake_openai  # noqa: F401  (a fixture)
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+WEATHER = str(EXAMPLES / "ws_weather_agent.py")
+GREETER = str(EXAMPLES / "my_agent.py")
+
+
+@pytest.fixture(autouse=True)
+def _offline_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never reach a real LLM by accident: no endpoint is configured unless a test says so."""
+    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "MYAGENT_MODEL"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def make_registry(files: tuple[str, ...] = (), agents: tuple[Any, ...] = ()) -> AgentRegistry:
+    registry = AgentRegistry()
+    for spec in load_agent_files(list(files)):
+        registry.add(spec)
+    for agent in agents:
+        registry.add(spec_for(agent.clone, f"test:{agent.name}"))
+    return registry
+
+
+@pytest.fixture
+def serve(aiohttp_server: Any) -> Callable[..., Any]:
+    """serve(files=..., agents=..., model=..., **settings) -> a running TestServer."""
+
+    async def start(
+        files: tuple[str, ...] = (WEATHER,),
+        agents: tuple[Any, ...] = (),
+        model: Any = None,
+        default: str | None = None,
+        **overrides: Any,
+    ) -> Any:
+        registry = make_registry(files, agents)
+        if default:
+            registry.set_default(default)
+        settings = dataclasses.replace(Settings(host="127.0.0.1", port=0), **overrides)
+        return await aiohttp_server(create_app(settings, registry, model=model))
+
+    return start
+
+
+@pytest.fixture
+async def connect() -> Any:
+    """connect(server) -> a WsClient that has already received system.connected."""
+    async with aiohttp.ClientSession() as http:
+
+        async def open_client(server: Any, path: str = "/") -> WsClient:
+            ws = await http.ws_connect(server.make_url(path))
+            client = WsClient(ws)
+            first = await client.recv()
+            assert first["event"] == "system.connected"
+            return client
+
+        yield open_client
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class CliServer:
+    """The real `myagent-ws server` console script in a subprocess on a free port."""
+
+    def __init__(self, args: list[str], env: dict[str, str] | None, host: str) -> None:
+        self.port = free_port()
+        self.url = f"ws://{host}:{self.port}"
+        self.http = f"http://{host}:{self.port}"
+        command = [str(Path(sys.executable).parent / "myagent-ws"), "server", *args,
+                   "--host", host, "--port", str(self.port)]
+        self.proc = subprocess.Popen(
+            command, cwd=ROOT, env={**os.environ, **(env or {})},
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited: {self.proc.stdout.read()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError("server did not start listening in time")
+
+    def stop(self, sig: int | None = None) -> str:
+        """Stop it (SIGINT, like Ctrl-C, by default), then return everything it printed."""
+        import signal
+
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig or signal.SIGINT)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        return self.proc.stdout.read()
+
+
+@pytest.fixture
+def cli_server() -> Iterator[Callable[..., CliServer]]:
+    started: list[CliServer] = []
+
+    def start(*args: str, env: dict[str, str] | None = None, host: str = "127.0.0.1") -> CliServer:
+        server = CliServer(list(args), env, host)
+        started.append(server)
+        server.wait_ready()
+        return server
+
+    yield start
+    for server in started:
+        server.stop()

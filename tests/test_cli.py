@@ -1,0 +1,160 @@
+"""The real `myagent-ws` console script: banner, errors, Ctrl-C, and the seed's client snippets."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import websockets
+
+from tests.conftest import GREETER, ROOT, WEATHER
+
+SEED = ROOT.parent / "shared" / "seed-ws-server-README.md"
+CLI = str(Path(sys.executable).parent / "myagent-ws")
+
+
+def run_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([CLI, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def seed_snippet(language: str, marker: str) -> str:
+    """A code block of the seed README, verbatim."""
+    text = SEED.read_text(encoding="utf-8")
+    blocks = re.findall(rf"```{language}\n(.*?)```", text, flags=re.S)
+    return next(b for b in blocks if marker in b)
+
+
+def test_banner_names_file_agent_offline_model_and_url(cli_server):
+    server = cli_server(WEATHER)
+    output = server.stop()
+    assert f"Loading agent file: {WEATHER}" in output
+    assert "Agent loaded: weather-assistant" in output
+    assert "offline model" in output
+    assert f"ws://127.0.0.1:{server.port}" in output
+    assert server.proc.returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("setup", "expected"),
+    [
+        (lambda d: d / "missing.py", "no such file"),
+        (lambda d: (d / "agent.txt").write_text("x") and d / "agent.txt", "must be a Python file"),
+        (lambda d: (d / "broken.py").write_text("def oops(:\n") and d / "broken.py", "syntax error"),
+        (lambda d: (d / "empty.py").write_text("x = 1\n") and d / "empty.py", "defines no agent"),
+        (lambda d: (d / "raises.py").write_text("raise RuntimeError('boom')\n") and d / "raises.py",
+         "RuntimeError: boom"),
+    ],
+    ids=["missing", "not-python", "syntax-error", "no-agent", "raises"],
+)
+def test_bad_agent_file_prints_one_line_and_exits_2(tmp_path, setup, expected):
+    path = str(setup(tmp_path))
+    result = run_cli("server", path)
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and expected in errors[0] and path in errors[0], result.stderr
+    assert "Traceback" not in result.stderr
+    debug = run_cli("server", path, "--debug")
+    assert debug.returncode == 2
+    if expected != "no such file" and expected != "must be a Python file":
+        assert "Traceback" in debug.stderr
+
+
+def test_agents_command_lists_agents_from_files():
+    result = run_cli("agents", WEATHER, GREETER)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split()[:2] == ["NAME", "SOURCE"]
+    assert lines[1].startswith("weather-assistant") and "get_weather, get_city_info" in lines[1]
+    assert lines[2].startswith("greeter") and lines[2].endswith("greet")
+
+
+def test_duplicate_agent_names_fail_at_startup():
+    result = run_cli("server", WEATHER, WEATHER)
+    assert result.returncode == 2
+    assert "Two agents are named 'weather-assistant'" in result.stderr
+
+
+async def test_ctrl_c_ends_open_sessions_and_exits_cleanly(cli_server):
+    server = cli_server(WEATHER)
+    async with websockets.connect(server.url) as ws:
+        assert json.loads(await ws.recv())["event"] == "system.connected"
+        await ws.send(json.dumps({"event": "user.create_session"}))
+        created = json.loads(await ws.recv())
+        assert created["event"] == "agent.session_created"
+        output_task = asyncio.get_running_loop().run_in_executor(None, server.stop)
+        end = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        assert end["event"] == "agent.session_end"
+        assert end["session_id"] == created["session_id"]
+        with pytest.raises(websockets.ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), 10)
+        await output_task
+    assert server.proc.returncode == 0
+
+
+async def test_debug_logs_every_frame(cli_server):
+    server = cli_server(WEATHER, "--debug")
+    async with websockets.connect(server.url) as ws:
+        await ws.recv()
+        await ws.send(json.dumps({"event": "user.list_agents"}))
+        await ws.recv()
+    output = server.stop()
+    assert "<< {\"event\": \"user.list_agents\"}" in output
+    assert ">> {\"event\":\"system.agents\"" in output
+
+
+def test_seed_python_snippet_runs_unchanged(cli_server):
+    """The seed's `websockets` test, verbatim but for the port."""
+    server = cli_server(WEATHER, host="localhost")
+    code = seed_snippet("bash", "import websockets")
+    code = code.split('python -c "', 1)[1].rsplit('"', 1)[0].replace("8080", str(server.port))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert "'event': 'system.connected'" in result.stdout
+
+
+async def test_seed_python_client_gets_session_and_full_turn(cli_server):
+    server = cli_server(WEATHER, host="localhost")
+    async with websockets.connect(f"ws://localhost:{server.port}") as ws:
+        await ws.send(json.dumps({"event": "user.create_session"}))
+        events = [json.loads(await ws.recv()), json.loads(await ws.recv())]
+        assert [e["event"] for e in events] == ["system.connected", "agent.session_created"]
+        sid = events[1]["session_id"]
+        await ws.send(json.dumps({"event": "user.message", "session_id": sid, "content": "北京今天天气怎么样？"}))
+        seen = []
+        async with asyncio.timeout(10):
+            while not seen or seen[-1] != "agent.final_answer":
+                seen.append(json.loads(await ws.recv())["event"])
+    assert {"agent.thinking", "agent.tool_call", "agent.tool_result", "agent.partial_answer"} <= set(seen)
+
+
+def test_seed_javascript_snippet_runs_unchanged_in_node(cli_server):
+    """The seed's browser snippet, verbatim but for the port, in Node's built-in WebSocket."""
+    node = shutil.which("node")
+    assert node, "node is required (CI installs it)"
+    server = cli_server(WEATHER, host="localhost")
+    snippet = seed_snippet("javascript", "new WebSocket").replace("8080", str(server.port))
+    harness = (
+        "const seen = [];\n"
+        "const log = console.log;\n"
+        "console.log = (...args) => { const d = args[1];"
+        " if (d && d.event) { seen.push(d.event); if (d.event === 'agent.final_answer') {"
+        " log(JSON.stringify(seen)); process.exit(0); } } };\n"
+        "setTimeout(() => { log('TIMEOUT ' + JSON.stringify(seen)); process.exit(3); }, 15000);\n"
+    )
+    flags = [] if _node_has_websocket(node) else ["--experimental-websocket"]
+    result = subprocess.run([node, *flags, "-e", harness + snippet], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stdout + result.stderr
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    assert seen[:2] == ["system.connected", "agent.session_created"]
+    assert seen[-1] == "agent.final_answer" and "agent.partial_answer" in seen
+
+
+def _node_has_websocket(node: str) -> bool:
+    check = subprocess.run([node, "-e", "process.exit(typeof WebSocket === 'undefined' ? 1 : 0)"])
+    return check.returncode == 0
