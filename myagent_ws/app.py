@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import WSCloseCode, web
-
 from myagent.llm import model_from_env
 
 from . import console

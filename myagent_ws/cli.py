@@ -23,7 +23,9 @@ def _fail(exc: Exception, debug: bool) -> None:
     sys.exit(2)
 
 
-def _registry(files: tuple[str, ...], default: str | None, say: Callable[[str], Any]) -> AgentRegistry:
+def _registry(
+    files: tuple[str, ...], default: str | None, say: Callable[[str], Any]
+) -> AgentRegistry:
     from .loader import agents_in_module, load_module
 
     registry = AgentRegistry()
@@ -31,7 +33,10 @@ def _registry(files: tuple[str, ...], default: str | None, say: Callable[[str], 
         say(f"🔍 Loading agent file: {path}")
         for spec in agents_in_module(load_module(path), path):
             registry.add(spec)
-            say(f"✅ Agent loaded: {spec.name}" + (f" (tools: {', '.join(spec.tools)})" if spec.tools else ""))
+            say(
+                f"✅ Agent loaded: {spec.name}"
+                + (f" (tools: {', '.join(spec.tools)})" if spec.tools else "")
+            )
     if not registry:
         raise StartupError("No agents to serve; give an agent file: myagent-ws server agent.py")
     if default:
@@ -51,11 +56,21 @@ def cli() -> None:
 @click.option("--port", default=8080, show_default=True, type=int, help="Port to listen on.")
 @click.option("--default", "default_agent", help="Agent used when a client names none.")
 @click.option("--model", envvar="MYAGENT_MODEL", help="LLM model name [env: MYAGENT_MODEL].")
-@click.option("--llm-base-url", envvar="OPENAI_BASE_URL",
-              help="OpenAI-compatible endpoint [env: OPENAI_BASE_URL].")
+@click.option(
+    "--llm-base-url",
+    envvar="OPENAI_BASE_URL",
+    help="OpenAI-compatible endpoint [env: OPENAI_BASE_URL].",
+)
 @click.option("--debug", is_flag=True, help="Log every frame in and out; tracebacks on errors.")
-def server(files: tuple[str, ...], host: str, port: int, default_agent: str | None,
-           model: str | None, llm_base_url: str | None, debug: bool) -> None:
+def server(
+    files: tuple[str, ...],
+    host: str,
+    port: int,
+    default_agent: str | None,
+    model: str | None,
+    llm_base_url: str | None,
+    debug: bool,
+) -> None:
     """Serve the agents defined in FILES (Python files) until Ctrl-C."""
     from aiohttp import web
 
@@ -75,7 +90,9 @@ def server(files: tuple[str, ...], host: str, port: int, default_agent: str | No
         _fail(exc, debug)
     info = llm.describe()
     if info.get("offline"):
-        click.echo("🧠 LLM: built-in offline model (set OPENAI_API_KEY or OPENAI_BASE_URL for a real one)")
+        click.echo(
+            "🧠 LLM: built-in offline model (set OPENAI_API_KEY or OPENAI_BASE_URL for a real one)"
+        )
     else:
         click.echo(f"🧠 LLM: {info.get('model')} at {info.get('base_url') or 'api.openai.com'}")
     shown = "localhost" if host in ("0.0.0.0", "::", "localhost") else host
@@ -99,4 +116,8 @@ def agents(files: tuple[str, ...], debug: bool) -> None:
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     for row in rows:
-        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths, strict=True)) + "  " + row[3])
+        click.echo(
+            "  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths, strict=True))
+            + "  "
+            + row[3]
+        )

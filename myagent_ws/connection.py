@@ -123,7 +123,7 @@ class Connection:
                     self._reply_error(
                         ProtocolError(
                             "unsupported_frame",
-                            "Binary frames are not supported; send each event as a JSON text frame.",
+                            "Binary frames are not supported; send each event as JSON text.",
                         )
                     )
         finally:
@@ -141,7 +141,9 @@ class Connection:
         except Exception:
             log.exception("connection %s: handling a frame failed", self.id)
             self._reply_error(
-                ProtocolError("internal_error", "The server failed to handle that message; try again.")
+                ProtocolError(
+                    "internal_error", "The server failed to handle that message; try again."
+                )
             )
 
     def _reply_error(self, exc: ProtocolError) -> None:

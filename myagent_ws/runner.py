@@ -26,18 +26,27 @@ def step_event(step: Any) -> dict[str, Any]:
     match step:
         case TextDelta():
             return make_event(
-                "agent.partial_answer", content=step.text, metadata={"is_final": False, "step": step.step}
+                "agent.partial_answer",
+                content=step.text,
+                metadata={"is_final": False, "step": step.step},
             )
         case Thinking():
             return make_event(
-                "agent.thinking", content=f"Thinking (step {step.step})…", metadata={"step": step.step}
+                "agent.thinking",
+                content=f"Thinking (step {step.step})…",
+                metadata={"step": step.step},
             )
         case ToolCall():
             return make_event(
                 "agent.tool_call",
                 step_id=step.call_id,
                 content=f"Calling tool: {step.tool}",
-                metadata={"tool": step.tool, "args": step.args, "call_id": step.call_id, "step": step.step},
+                metadata={
+                    "tool": step.tool,
+                    "args": step.args,
+                    "call_id": step.call_id,
+                    "step": step.step,
+                },
             )
         case ToolFinished():
             return make_event(
@@ -86,7 +95,7 @@ async def run_turn(session: Session, text: str, timeout_s: float) -> None:
         await emit(
             _error(
                 "internal_error",
-                f"The agent failed unexpectedly ({type(exc).__name__}); the server log has details.",
+                f"The agent failed unexpectedly ({type(exc).__name__}); see the server log.",
             )
         )
 

@@ -37,8 +37,17 @@ class Sink(Protocol):
 class Session:
     """One conversation with one agent instance; at most one turn runs at a time."""
 
-    __slots__ = ("agent", "agent_name", "closed", "connections", "detached_since", "id",
-                 "seq", "turn", "_manager")
+    __slots__ = (
+        "_manager",
+        "agent",
+        "agent_name",
+        "closed",
+        "connections",
+        "detached_since",
+        "id",
+        "seq",
+        "turn",
+    )
 
     def __init__(self, session_id: str, agent_name: str, agent: Any, manager: SessionManager):
         self.id = session_id
@@ -209,8 +218,11 @@ class SessionManager:
         session.closed = True
         await self.cancel_turn(session)
         await session.emit(
-            make_event("agent.session_end", content=f"Session ended ({reason}).",
-                       metadata={"reason": reason})
+            make_event(
+                "agent.session_end",
+                content=f"Session ended ({reason}).",
+                metadata={"reason": reason},
+            )
         )
         self.sessions.pop(session.id, None)
         for connection in session.connections:
@@ -223,7 +235,8 @@ class SessionManager:
         """End sessions left without a connection for longer than the TTL."""
         deadline = time.monotonic() - self.settings.session_ttl_s
         expired = [
-            s for s in self.sessions.values()
+            s
+            for s in self.sessions.values()
             if s.detached_since is not None and s.detached_since <= deadline and not s.busy
         ]
         for session in expired:

@@ -48,7 +48,7 @@ class Store(ABC):
     async def trim_events(self, session_id: str, upto_seq: int) -> None:
         """Drop logged events up to and including `upto_seq` (the client has them)."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 (optional hook, not abstract)
         """Release connections; nothing to do for stores that hold none."""
 
 

@@ -6,7 +6,14 @@ import asyncio
 import json
 from typing import Any
 
-from myagent import BaseTool, FunctionModel, ModelReply, ToolCallRequest, ToolResult, create_react_agent
+from myagent import (
+    BaseTool,
+    FunctionModel,
+    ModelReply,
+    ToolCallRequest,
+    ToolResult,
+    create_react_agent,
+)
 
 
 class WaitTool(BaseTool):
@@ -40,7 +47,9 @@ def _calls_tool_once(tool: str, args_from_text: Any) -> FunctionModel:
         if last["role"] == "tool":
             return f"done: {last['content']}"
         user = next(m["content"] for m in reversed(messages) if m["role"] == "user")
-        call = ToolCallRequest(id=f"call_{len(messages)}", name=tool, arguments=json.dumps(args_from_text(user)))
+        call = ToolCallRequest(
+            id=f"call_{len(messages)}", name=tool, arguments=json.dumps(args_from_text(user))
+        )
         return ModelReply(text="", tool_calls=[call])
 
     model.__name__ = f"calls_{tool}"
@@ -65,7 +74,9 @@ def counting_agent(name: str = "counter") -> Any:
         seen = [m["content"] for m in messages if m["role"] == "user"]
         return f"{len(seen)}: " + " | ".join(seen)
 
-    return create_react_agent(name=name, tools=[], model=FunctionModel(model), description="Counts.")
+    return create_react_agent(
+        name=name, tools=[], model=FunctionModel(model), description="Counts."
+    )
 
 
 def looping_agent(name: str = "looper", max_steps: int = 3) -> Any:

@@ -8,7 +8,6 @@ import json
 from typing import Any
 
 import aiohttp
-
 from myagent_ws.protocol import Protocol
 
 TERMINAL = {"agent.final_answer", "agent.error", "agent.timeout", "agent.interrupted"}

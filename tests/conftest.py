@@ -15,13 +15,13 @@ from typing import Any
 
 import aiohttp
 import pytest
+from tests.fake_openai import fake_openai  # noqa: F401  (a fixture)
 
 from myagent_ws.app import create_app
 from myagent_ws.loader import load_agent_files, spec_for
 from myagent_ws.registry import AgentRegistry
 from myagent_ws.settings import Settings
 from tests.client import WsClient
-from tests.fake_openai import fake_openai  # noqa: F401  (a fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -93,11 +93,22 @@ class CliServer:
         self.port = free_port()
         self.url = f"ws://{host}:{self.port}"
         self.http = f"http://{host}:{self.port}"
-        command = [str(Path(sys.executable).parent / "myagent-ws"), "server", *args,
-                   "--host", host, "--port", str(self.port)]
+        command = [
+            str(Path(sys.executable).parent / "myagent-ws"),
+            "server",
+            *args,
+            "--host",
+            host,
+            "--port",
+            str(self.port),
+        ]
         self.proc = subprocess.Popen(
-            command, cwd=ROOT, env={**os.environ, **(env or {})},
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            command,
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
 
     def wait_ready(self, timeout: float = 20.0) -> None:

@@ -17,12 +17,32 @@ BAD_FRAMES = [
     (json.dumps({"content": "no event"}), "schema_violation", "/event"),
     (json.dumps({"event": 42}), "schema_violation", "/event"),
     (json.dumps({"event": "user.dance"}), "unknown_event", None),
-    (json.dumps({"event": "user.message", "content": "no session"}), "schema_violation", "/session_id"),
-    (json.dumps({"event": "user.message", "session_id": "s_x", "content": 5}), "schema_violation", "/content"),
-    (json.dumps({"event": "user.message", "session_id": 7, "content": "hi"}), "schema_violation", "/session_id"),
+    (
+        json.dumps({"event": "user.message", "content": "no session"}),
+        "schema_violation",
+        "/session_id",
+    ),
+    (
+        json.dumps({"event": "user.message", "session_id": "s_x", "content": 5}),
+        "schema_violation",
+        "/content",
+    ),
+    (
+        json.dumps({"event": "user.message", "session_id": 7, "content": "hi"}),
+        "schema_violation",
+        "/session_id",
+    ),
     (json.dumps({"event": "user.cancel"}), "schema_violation", "/session_id"),
-    (json.dumps({"event": "user.message", "session_id": "s_nosuch", "content": "hi"}), "session_not_found", None),
-    (json.dumps({"event": "user.end_session", "session_id": "s_nosuch"}), "session_not_found", None),
+    (
+        json.dumps({"event": "user.message", "session_id": "s_nosuch", "content": "hi"}),
+        "session_not_found",
+        None,
+    ),
+    (
+        json.dumps({"event": "user.end_session", "session_id": "s_nosuch"}),
+        "session_not_found",
+        None,
+    ),
     (json.dumps({"event": "user.reconnect", "session_id": "s_nosuch"}), "session_not_found", None),
 ]
 
@@ -33,7 +53,9 @@ async def assert_still_serves(client) -> None:
     assert events[-1]["event"] == "agent.final_answer", names(events)
 
 
-@pytest.mark.parametrize(("frame", "code", "path"), BAD_FRAMES, ids=[c + ":" + f[:30] for f, c, _ in BAD_FRAMES])
+@pytest.mark.parametrize(
+    ("frame", "code", "path"), BAD_FRAMES, ids=[c + ":" + f[:30] for f, c, _ in BAD_FRAMES]
+)
 async def test_bad_frame_gets_its_code_and_connection_stays_open(serve, connect, frame, code, path):
     server = await serve()
     client = await connect(server)
@@ -78,10 +100,21 @@ async def test_many_bad_frames_in_a_row_do_not_break_the_session(serve, connect)
 async def test_unknown_extra_fields_are_ignored(serve, connect):
     server = await serve()
     client = await connect(server)
-    await client.send({"event": "user.create_session", "client_version": "9.9", "timestamp": "2026-01-01T00:00:00Z"})
+    await client.send(
+        {
+            "event": "user.create_session",
+            "client_version": "9.9",
+            "timestamp": "2026-01-01T00:00:00Z",
+        }
+    )
     created = await client.expect("agent.session_created")
     await client.send(
-        {"event": "user.message", "session_id": created["session_id"], "content": "深圳天气", "x": {"y": 1}}
+        {
+            "event": "user.message",
+            "session_id": created["session_id"],
+            "content": "深圳天气",
+            "x": {"y": 1},
+        }
     )
     events = await client.until_terminal(created["session_id"])
     assert events[-1]["event"] == "agent.final_answer"
@@ -92,7 +125,12 @@ async def test_user_response_without_pending_confirmation_gets_a_notice(serve, c
     client = await connect(server)
     sid = await client.create_session()
     await client.send(
-        {"event": "user.response", "session_id": sid, "step_id": "t1", "content": {"confirmed": True}}
+        {
+            "event": "user.response",
+            "session_id": sid,
+            "step_id": "t1",
+            "content": {"confirmed": True},
+        }
     )
     notice = await client.expect("system.notice")
     assert "t1" in notice["content"]

@@ -45,10 +45,17 @@ def test_banner_names_file_agent_offline_model_and_url(cli_server):
     [
         (lambda d: d / "missing.py", "no such file"),
         (lambda d: (d / "agent.txt").write_text("x") and d / "agent.txt", "must be a Python file"),
-        (lambda d: (d / "broken.py").write_text("def oops(:\n") and d / "broken.py", "syntax error"),
+        (
+            lambda d: (d / "broken.py").write_text("def oops(:\n") and d / "broken.py",
+            "syntax error",
+        ),
         (lambda d: (d / "empty.py").write_text("x = 1\n") and d / "empty.py", "defines no agent"),
-        (lambda d: (d / "raises.py").write_text("raise RuntimeError('boom')\n") and d / "raises.py",
-         "RuntimeError: boom"),
+        (
+            lambda d: (
+                (d / "raises.py").write_text("raise RuntimeError('boom')\n") and d / "raises.py"
+            ),
+            "RuntimeError: boom",
+        ),
     ],
     ids=["missing", "not-python", "syntax-error", "no-agent", "raises"],
 )
@@ -104,8 +111,8 @@ async def test_debug_logs_every_frame(cli_server):
         await ws.send(json.dumps({"event": "user.list_agents"}))
         await ws.recv()
     output = server.stop()
-    assert "<< {\"event\": \"user.list_agents\"}" in output
-    assert ">> {\"event\":\"system.agents\"" in output
+    assert '<< {"event": "user.list_agents"}' in output
+    assert '>> {"event":"system.agents"' in output
 
 
 def test_seed_python_snippet_runs_unchanged(cli_server):
@@ -113,7 +120,9 @@ def test_seed_python_snippet_runs_unchanged(cli_server):
     server = cli_server(WEATHER, host="localhost")
     code = seed_snippet("bash", "import websockets")
     code = code.split('python -c "', 1)[1].rsplit('"', 1)[0].replace("8080", str(server.port))
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30
+    )
     assert result.returncode == 0, result.stderr
     assert "'event': 'system.connected'" in result.stdout
 
@@ -125,12 +134,21 @@ async def test_seed_python_client_gets_session_and_full_turn(cli_server):
         events = [json.loads(await ws.recv()), json.loads(await ws.recv())]
         assert [e["event"] for e in events] == ["system.connected", "agent.session_created"]
         sid = events[1]["session_id"]
-        await ws.send(json.dumps({"event": "user.message", "session_id": sid, "content": "北京今天天气怎么样？"}))
+        await ws.send(
+            json.dumps(
+                {"event": "user.message", "session_id": sid, "content": "北京今天天气怎么样？"}
+            )
+        )
         seen = []
         async with asyncio.timeout(10):
             while not seen or seen[-1] != "agent.final_answer":
                 seen.append(json.loads(await ws.recv())["event"])
-    assert {"agent.thinking", "agent.tool_call", "agent.tool_result", "agent.partial_answer"} <= set(seen)
+    assert {
+        "agent.thinking",
+        "agent.tool_call",
+        "agent.tool_result",
+        "agent.partial_answer",
+    } <= set(seen)
 
 
 def test_seed_javascript_snippet_runs_unchanged_in_node(cli_server):
@@ -148,7 +166,9 @@ def test_seed_javascript_snippet_runs_unchanged_in_node(cli_server):
         "setTimeout(() => { log('TIMEOUT ' + JSON.stringify(seen)); process.exit(3); }, 15000);\n"
     )
     flags = [] if _node_has_websocket(node) else ["--experimental-websocket"]
-    result = subprocess.run([node, *flags, "-e", harness + snippet], capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        [node, *flags, "-e", harness + snippet], capture_output=True, text=True, timeout=30
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     seen = json.loads(result.stdout.strip().splitlines()[-1])
     assert seen[:2] == ["system.connected", "agent.session_created"]

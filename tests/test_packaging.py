@@ -14,9 +14,22 @@ from tests.conftest import ROOT, WEATHER
 def test_wheel_ships_schemas_and_runs_outside_the_source_tree(tmp_path):
     wheels = tmp_path / "wheels"
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-         "-w", str(wheels), str(ROOT)],
-        check=True, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(wheels),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     (wheel,) = wheels.glob("myagent_ws-*.whl")
     shipped = zipfile.ZipFile(wheel).namelist()
@@ -25,23 +38,48 @@ def test_wheel_ships_schemas_and_runs_outside_the_source_tree(tmp_path):
 
     target = tmp_path / "site"
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
-        check=True, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--target",
+            str(target),
+            str(wheel),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     env = {**os.environ, "PYTHONPATH": str(target)}
     probe = (
         "import json, myagent_ws, myagent; from myagent_ws.protocol import Protocol;"
-        "p = Protocol(); p.decode('{\"event\": \"user.create_session\"}');"
+        'p = Protocol(); p.decode(\'{"event": "user.create_session"}\');'
         "print(json.dumps([myagent_ws.__file__, myagent.__file__, len(p.schemas)]))"
     )
-    result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     ws_file, sdk_file, count = json.loads(result.stdout)
     assert ws_file.startswith(str(target)) and sdk_file.startswith(str(target))
     assert count == len(schema_files)
 
-    agents = subprocess.run([sys.executable, "-m", "myagent_ws", "agents", WEATHER], cwd=tmp_path,
-                            env=env, capture_output=True, text=True, timeout=60)
+    agents = subprocess.run(
+        [sys.executable, "-m", "myagent_ws", "agents", WEATHER],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert agents.returncode == 0, agents.stderr
     assert "weather-assistant" in agents.stdout

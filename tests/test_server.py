@@ -160,7 +160,9 @@ async def test_agent_by_name_and_unknown_agent(serve, connect):
     created = await client.expect("agent.session_created")
     assert created["content"]["agent"] == "greeter"
     await client.send({"event": "user.create_session", "metadata": {"agent": "weather-assistant"}})
-    assert (await client.expect("agent.session_created"))["metadata"]["agent"] == "weather-assistant"
+    assert (await client.expect("agent.session_created"))["metadata"][
+        "agent"
+    ] == "weather-assistant"
     await client.send({"event": "user.create_session", "content": {"agent": "nosuch"}})
     error = await client.error("agent_not_found")
     assert "weather-assistant" in error["content"] and "greeter" in error["content"]
@@ -239,7 +241,9 @@ async def test_heartbeat_reaches_every_connection(serve, connect):
 
 
 async def test_disconnect_mid_turn_leaks_nothing_and_session_expires(serve, connect):
-    server = await serve(files=(), agents=(waiting_agent(),), session_ttl_s=0.2, reap_interval_s=0.05)
+    server = await serve(
+        files=(), agents=(waiting_agent(),), session_ttl_s=0.2, reap_interval_s=0.05
+    )
     manager = server.app[SESSIONS]
     client = await connect(server)
     sid = await client.create_session()
@@ -262,7 +266,9 @@ async def test_reconnect_replays_missed_events(serve, connect):
     server = await serve()
     first = await connect(server)
     sid = await first.create_session()
-    await first.send({"event": "user.message", "session_id": sid, "content": "What's the weather in Tokyo?"})
+    await first.send(
+        {"event": "user.message", "session_id": sid, "content": "What's the weather in Tokyo?"}
+    )
     await first.expect("agent.thinking")
     await first.ws.close()
     await asyncio.sleep(0.3)  # the turn finishes with nobody attached
@@ -306,4 +312,3 @@ async def test_http_endpoints(serve, connect):
     assert health["agents"] == ["weather-assistant", "greeter"]
     assert [a["name"] for a in agents["agents"]] == ["weather-assistant", "greeter"]
     assert "weather-assistant" in page
-

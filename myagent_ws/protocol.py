@@ -1,0 +1,282 @@
+"""The wire protocol: schemas loaded and compiled once, decode(frame) and encode(event).
+
+The JSON files in schemas/ are the contract (docs/protocol.md summarises them); this module
+only compiles them and turns their failures into errors a person can act on. References
+between schemas resolve through a local registry, never over the network.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from importlib.resources import files
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError, best_match
+from referencing import Registry
+from referencing.jsonschema import DRAFT202012
+
+PROTOCOL_VERSION = 1
+
+
+def load_schemas() -> dict[str, dict]:
+    """Every schema shipped in the installed package, by name ("envelope", "user.message", …)."""
+    folder = files("myagent_ws") / "schemas"
+    return {
+        entry.name[: -len(".json")]: json.loads(entry.read_text(encoding="utf-8"))
+        for entry in sorted(folder.iterdir(), key=lambda e: e.name)
+        if entry.name.endswith(".json")
+    }
+
+
+_SCHEMAS = load_schemas()
+ERROR_CODES: frozenset[str] = frozenset(_SCHEMAS["envelope"]["$defs"]["error_code"]["enum"])
+CLIENT_EVENTS: frozenset[str] = frozenset(n for n in _SCHEMAS if n.startswith("user."))
+SERVER_EVENTS: frozenset[str] = frozenset(
+    n for n in _SCHEMAS if n.startswith(("system.", "agent."))
+)
+_CLIENT_LIST = ", ".join(sorted(CLIENT_EVENTS))
+del _SCHEMAS
+
+
+class ProtocolError(Exception):
+    """A problem with what a client sent (or, in tests, with what the server sent)."""
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        path: str | None = None,
+        reason: str | None = None,
+        session_id: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.path = path
+        self.reason = reason
+        self.session_id = session_id
+
+    def to_event(self) -> dict:
+        """The system.error event that tells the client what to fix."""
+        return error_event(
+            self.code, self.message, session_id=self.session_id, path=self.path, reason=self.reason
+        )
+
+
+class Protocol:
+    """Compiled once at start-up; decode() is the hot path."""
+
+    def __init__(self, max_frame_bytes: int = 1 << 20) -> None:
+        self.max_frame_bytes = max_frame_bytes
+        self.schemas: dict[str, dict] = load_schemas()
+        for schema in self.schemas.values():
+            Draft202012Validator.check_schema(schema)
+        # No retrieve function: an unknown $ref fails loudly instead of being fetched.
+        registry: Registry = Registry().with_resources(
+            (s["$id"], DRAFT202012.create_resource(s)) for s in self.schemas.values()
+        )
+        self._validators = {
+            name: Draft202012Validator(schema, registry=registry, format_checker=None)
+            for name, schema in self.schemas.items()
+            if name != "envelope"
+        }
+
+    def decode(self, data: str) -> dict:
+        """The validated client message in one text frame, or ProtocolError saying what to fix."""
+        limit = self.max_frame_bytes
+        # Characters never outnumber UTF-8 bytes, and a character is at most 4 bytes, so
+        # the frame only needs encoding when its length alone cannot decide.
+        if len(data) > limit or (
+            len(data) * 4 > limit and len(data.encode("utf-8", "surrogatepass")) > limit
+        ):
+            raise ProtocolError(
+                "message_too_large",
+                f"The message is larger than this server's limit of {limit} bytes; "
+                "send a shorter one.",
+            )
+        try:
+            message = json.loads(data, parse_constant=_reject_constant)
+        except (ValueError, RecursionError) as exc:
+            if isinstance(exc, json.JSONDecodeError):
+                detail = f"{exc.msg} at line {exc.lineno}, column {exc.colno}"
+            else:
+                detail = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+            raise ProtocolError(
+                "invalid_json",
+                f"The frame is not valid JSON ({detail}); send one JSON object per text frame.",
+            ) from None
+        if not isinstance(message, dict):
+            raise ProtocolError(
+                "schema_violation",
+                f'Each frame must be a JSON object such as {{"event": "user.list_agents"}}, '
+                f"not a JSON {_json_type(message)}.",
+                path="",
+                reason=f"{_short(message)} is not of type 'object'",
+            )
+        sid = message.get("session_id")
+        session_id = sid if isinstance(sid, str) else None
+        event = message.get("event")
+        if not isinstance(event, str):
+            missing = "event" not in message
+            raise ProtocolError(
+                "schema_violation",
+                f'"event" {"is missing" if missing else "is a JSON " + _json_type(event)}; '
+                'every frame names its event as a string, e.g. "event": "user.message".',
+                path="/event",
+                reason="'event' is a required property"
+                if missing
+                else f"{_short(event)} is not of type 'string'",
+                session_id=session_id,
+            )
+        validator = self._validators.get(event) if event in CLIENT_EVENTS else None
+        if validator is None:
+            hint = " That is a server event." if event in SERVER_EVENTS else ""
+            raise ProtocolError(
+                "unknown_event",
+                f"Unknown event {_short(event)}.{hint} Clients can send: {_CLIENT_LIST}.",
+                session_id=session_id,
+            )
+        if not validator.is_valid(message):
+            raise self._violation(event, validator, message, session_id)
+        return message
+
+    def check_outbound(self, event: dict) -> None:
+        """Raise ProtocolError("schema_violation") if a server event breaks its schema."""
+        name = event.get("event") if isinstance(event, dict) else None
+        if name not in SERVER_EVENTS:
+            raise ProtocolError(
+                "schema_violation",
+                f"{_short(name)} is not a server event; expected one of "
+                f"{', '.join(sorted(SERVER_EVENTS))}.",
+                path="/event",
+                reason="unknown server event",
+            )
+        validator = self._validators[name]
+        if not validator.is_valid(event):
+            raise self._violation(name, validator, event, event.get("session_id"))
+        if "seq" in event and event["event_id"] != f"{event['session_id']}:{event['seq']}":
+            raise ProtocolError(
+                "schema_violation",
+                f"{name} has event_id {event['event_id']!r}; it must be session_id:seq.",
+                path="/event_id",
+                reason="event_id does not match session_id and seq",
+            )
+
+    def _violation(
+        self, event: str, validator: Draft202012Validator, message: dict, session_id: Any
+    ) -> ProtocolError:
+        """The most relevant failure, pointed at the field to fix (failure path only)."""
+        error: ValidationError = best_match(validator.iter_errors(message))
+        parts = list(error.absolute_path)
+        if error.validator == "required" and isinstance(error.instance, dict):
+            parts.append(next(p for p in error.validator_value if p not in error.instance))
+        path = "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts)
+        reason = _shorten_reason(error)
+        hint = _describe(self.schemas[event], parts)
+        return ProtocolError(
+            "schema_violation",
+            f"Invalid {event} at {path or 'the top level'}: {reason}."
+            + (f" Expected {parts[-1]}: {hint}" if hint else ""),
+            path=path,
+            reason=reason,
+            session_id=session_id if isinstance(session_id, str) else None,
+        )
+
+
+def _describe(schema: dict, parts: list) -> str | None:
+    """The schema's description of the field at `parts`, to tell the client what belongs there."""
+    node: Any = schema
+    for part in parts:
+        node = node.get("properties", {}).get(part) if isinstance(node, dict) else None
+    return node.get("description") if parts and isinstance(node, dict) else None
+
+
+def _shorten_reason(error: ValidationError) -> str:
+    """jsonschema's message, with the offending value abbreviated instead of dumped whole."""
+    text = error.message
+    if error.context and all(c.validator == "required" for c in error.context):
+        # anyOf of alternatives ("approved" or "confirmed"): name them, not the instance.
+        names = ", ".join(repr(n) for c in error.context for n in c.validator_value)
+        text = f"needs one of the properties {names}"
+    elif error.validator != "required":
+        full = repr(error.instance)
+        if len(full) > 60 and text.startswith(full):
+            text = _short(error.instance) + text[len(full) :]
+    return text if len(text) <= 300 else text[:299] + "…"
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "…" + text[-1]
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
+    return names.get(type(value), "number")
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str)
+
+
+def encode(event: dict) -> str:
+    """One compact UTF-8-friendly JSON text; a stray non-JSON value becomes its str()
+    rather than failing a turn halfway through."""
+    return _encoder.encode(event)
+
+
+def now_iso() -> str:
+    """UTC ISO-8601 with milliseconds and offset, e.g. 2026-01-01T12:00:00.000+00:00."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def make_event(
+    event: str,
+    *,
+    session_id: str | None = None,
+    content: Any = None,
+    metadata: dict | None = None,
+    step_id: str | None = None,
+) -> dict:
+    """A server event with its timestamp set; fields that are None are left out."""
+    fields = {
+        "session_id": session_id,
+        "step_id": step_id,
+        "content": content,
+        "metadata": metadata,
+    }
+    message = {"event": event, **{k: v for k, v in fields.items() if v is not None}}
+    message["timestamp"] = now_iso()
+    return message
+
+
+def error_event(code: str, message: str, *, session_id: str | None = None, **metadata: Any) -> dict:
+    """A system.error; metadata entries that are None are left out."""
+    meta = {"code": code, **{k: v for k, v in metadata.items() if v is not None}}
+    return make_event("system.error", session_id=session_id, content=message, metadata=meta)
+
+
+def requested_agent(message: dict) -> str | None:
+    """The agent a user.create_session names: content.agent, else metadata.agent.
+    A plain-string content (old clients send "create_session") names no agent."""
+    for holder in (message.get("content"), message.get("metadata")):
+        if isinstance(holder, dict):
+            name = holder.get("agent")
+            if isinstance(name, str) and name:
+                return name
+    return None
+
+
+def response_approved(message: dict) -> bool:
+    """Whether a user.response approves: `approved`, or its synonym `confirmed`."""
+    content = message.get("content")
+    if not isinstance(content, dict):
+        return False
+    value = content.get("approved", content.get("confirmed"))
+    return value is True
