@@ -72,6 +72,22 @@ def test_bad_agent_file_prints_one_line_and_exits_2(tmp_path, setup, expected):
         assert "Traceback" in debug.stderr
 
 
+def test_seed_agent_unit_test_snippet_runs_unchanged():
+    """The seed's `agent.arun` check, run next to the seed's agent file."""
+    block = seed_snippet("bash", "agent.arun")
+    code = next(part for part in block.split('python -c "')[1:] if "agent.arun" in part)
+    code = code.rsplit('"', 1)[0]
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT / "examples",
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip()
+
+
 def test_agents_command_lists_agents_from_files():
     result = run_cli("agents", WEATHER, GREETER)
     assert result.returncode == 0, result.stderr
@@ -118,8 +134,9 @@ async def test_debug_logs_every_frame(cli_server):
 def test_seed_python_snippet_runs_unchanged(cli_server):
     """The seed's `websockets` test, verbatim but for the port."""
     server = cli_server(WEATHER, host="localhost")
-    code = seed_snippet("bash", "import websockets")
-    code = code.split('python -c "', 1)[1].rsplit('"', 1)[0].replace("8080", str(server.port))
+    block = seed_snippet("bash", "import websockets")
+    code = next(part for part in block.split('python -c "')[1:] if "websockets" in part)
+    code = code.rsplit('"', 1)[0].replace("8080", str(server.port))
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=30
     )

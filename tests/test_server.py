@@ -299,7 +299,7 @@ async def test_shutdown_ends_sessions_and_interrupts_turns(serve, connect):
 async def test_http_endpoints(serve, connect):
     server = await serve(files=(WEATHER, GREETER))
     client = await connect(server)
-    await client.create_session()
+    await client.create_session("greeter")
     async with aiohttp.ClientSession() as http:
         async with http.get(server.make_url("/health")) as response:
             health = await response.json()
