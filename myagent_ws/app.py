@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import WSCloseCode, web
+
 from myagent.llm import model_from_env
 
 from . import console

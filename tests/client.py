@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 import aiohttp
+
 from myagent_ws.protocol import Protocol
 
 TERMINAL = {"agent.final_answer", "agent.error", "agent.timeout", "agent.interrupted"}

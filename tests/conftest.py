@@ -15,13 +15,13 @@ from typing import Any
 
 import aiohttp
 import pytest
-from tests.fake_openai import fake_openai  # noqa: F401  (a fixture)
 
 from myagent_ws.app import create_app
 from myagent_ws.loader import load_agent_files, spec_for
 from myagent_ws.registry import AgentRegistry
 from myagent_ws.settings import Settings
 from tests.client import WsClient
+from tests.fake_openai import fake_openai  # noqa: F401  (a fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"

@@ -1,0 +1,300 @@
+"""The Model contract and the OpenAI-compatible model.
+
+A Model streams one reply: text deltas (str) as they arrive, then exactly one ModelReply
+with the whole reply. Every failure becomes an LLMError whose message says which setting
+to check, so the person running the server can fix it without reading a stack trace.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import openai
+
+from .errors import LLMError
+
+DEFAULT_MODEL = "gpt-4o-mini"
+OPENAI_URL = "https://api.openai.com/v1"
+# Local OpenAI-compatible servers (Ollama, vLLM, llama.cpp) ignore the key but the client
+# insists on one.
+PLACEHOLDER_KEY = "not-needed"
+
+
+@dataclass
+class ToolCallRequest:
+    """One tool call the model asked for; `arguments` is the model's raw JSON text."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass
+class ModelReply:
+    """A complete model reply: final text, or tool calls to run (text may accompany them)."""
+
+    text: str = ""
+    tool_calls: list[ToolCallRequest] = field(default_factory=list)
+
+
+class Model(ABC):
+    """What the agent talks to. Messages and tools are in OpenAI chat-completions form."""
+
+    model_id: str = ""
+    provider: str = ""
+    offline: bool = False
+
+    def describe(self) -> dict[str, Any]:
+        """What the server shows about the model (session metadata, banner)."""
+        return {"provider": self.provider, "model": self.model_id, "offline": self.offline}
+
+    @abstractmethod
+    def stream(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]
+    ) -> AsyncIterator[str | ModelReply]:
+        """Yield text deltas, then exactly one ModelReply; raise LLMError on failure."""
+
+    async def aclose(self) -> None:
+        """Release connections; the default has none."""
+        return None
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.model_id!r}>"
+
+
+class OpenAIModel(Model):
+    """Any OpenAI-compatible chat-completions endpoint (OpenAI, Ollama, vLLM, llama.cpp…)."""
+
+    provider = "openai"
+
+    def __init__(
+        self,
+        model: str = DEFAULT_MODEL,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        timeout: float = 60.0,
+        max_retries: int = 0,
+    ) -> None:
+        self.model_id = model
+        self.base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
+        key = api_key or os.environ.get("OPENAI_API_KEY") or None
+        if key is None and self.base_url is not None:
+            key = PLACEHOLDER_KEY
+        self.api_key = key
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self._client: openai.AsyncOpenAI | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "base_url": self.base_url}
+
+    @property
+    def endpoint(self) -> str:
+        """Where requests go, for messages."""
+        return self.base_url or OPENAI_URL
+
+    def _get_client(self) -> openai.AsyncOpenAI:
+        if self._client is None:
+            if self.api_key is None:
+                raise LLMError(
+                    "No API key for the OpenAI API. Set OPENAI_API_KEY, or set "
+                    "OPENAI_BASE_URL / --llm-base-url to use a local OpenAI-compatible server."
+                )
+            self._client = openai.AsyncOpenAI(
+                api_key=self.api_key,
+                base_url=self.base_url,
+                timeout=self.timeout,
+                max_retries=self.max_retries,
+            )
+        return self._client
+
+    async def stream(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]
+    ) -> AsyncIterator[str | ModelReply]:
+        request: dict[str, Any] = {"model": self.model_id, "messages": messages, "stream": True}
+        if tools:
+            request["tools"] = tools
+        text: list[str] = []
+        calls: dict[int, dict[str, str]] = {}
+        try:
+            client = self._get_client()
+            response = await client.chat.completions.create(**request)
+            async with response:
+                async for chunk in response:
+                    for choice in chunk.choices or ():
+                        delta = choice.delta
+                        if (getattr(choice, "index", 0) or 0) != 0 or delta is None:
+                            continue
+                        for part in delta.tool_calls or ():
+                            _merge_tool_call(calls, part)
+                        if delta.content:
+                            text.append(delta.content)
+                            yield delta.content
+        except openai.OpenAIError as exc:
+            raise self._error(exc) from None
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise LLMError(
+                f"The LLM endpoint at {self.endpoint} sent a malformed streaming reply "
+                f"({type(exc).__name__}). Check that OPENAI_BASE_URL / --llm-base-url points "
+                "to an OpenAI-compatible /v1 API."
+            ) from None
+        yield ModelReply(text="".join(text), tool_calls=self._tool_calls(calls))
+
+    def _tool_calls(self, calls: dict[int, dict[str, str]]) -> list[ToolCallRequest]:
+        result = []
+        for index in sorted(calls):
+            call = calls[index]
+            if not call["name"]:
+                raise LLMError(
+                    f"The LLM endpoint at {self.endpoint} streamed a tool call without a "
+                    f"name. Check that MYAGENT_MODEL / --model ({self.model_id}) supports "
+                    "tool calling."
+                )
+            call_id = call["id"] or f"call_{uuid.uuid4().hex[:12]}"
+            result.append(ToolCallRequest(call_id, call["name"], call["arguments"]))
+        return result
+
+    def _error(self, exc: openai.OpenAIError) -> LLMError:
+        """A sentence a person can act on for each way the endpoint can fail."""
+        where = self.endpoint
+        if isinstance(exc, openai.APITimeoutError):
+            return LLMError(
+                f"The LLM endpoint at {where} did not answer within {self.timeout:g} s. "
+                "Check that it is running and not overloaded (OPENAI_BASE_URL / "
+                "--llm-base-url)."
+            )
+        if isinstance(exc, openai.APIConnectionError):
+            return LLMError(
+                f"Could not reach the LLM endpoint at {where}: {_connection_reason(exc)}. "
+                "Check OPENAI_BASE_URL / --llm-base-url."
+            )
+        if isinstance(exc, openai.APIStatusError):
+            return LLMError(self._status_message(exc))
+        if isinstance(exc, openai.APIError):
+            return LLMError(
+                f"The LLM endpoint at {where} reported an error: {_one_line(exc.message)}."
+            )
+        return LLMError(f"The LLM client failed: {_one_line(str(exc))}.")
+
+    def _status_message(self, exc: openai.APIStatusError) -> str:
+        status, detail = exc.status_code, _detail(exc)
+        said = f": {detail}" if detail else ""
+        if status == 401:
+            return f"The LLM endpoint rejected the API key (401){said}. Check OPENAI_API_KEY."
+        if status == 403:
+            return (
+                f"The LLM endpoint refused access (403){said}. Check that OPENAI_API_KEY may "
+                f"use the model {self.model_id!r}."
+            )
+        if status == 404:
+            return (
+                f"The LLM endpoint at {self.endpoint} has no model {self.model_id!r} or no "
+                f"chat completions API (404){said}. Check MYAGENT_MODEL / --model and "
+                "OPENAI_BASE_URL / --llm-base-url."
+            )
+        if status == 429:
+            return (
+                f"The LLM endpoint is rate limiting requests (429){said}. Wait a moment and "
+                "try again, or check the quota of the key in OPENAI_API_KEY."
+            )
+        if status >= 500:
+            return (
+                f"The LLM endpoint at {self.endpoint} failed with a server error "
+                f"({status}){said}. Try again later, or check the server behind "
+                "OPENAI_BASE_URL / --llm-base-url."
+            )
+        return (
+            f"The LLM endpoint rejected the request ({status}){said}. Check MYAGENT_MODEL / "
+            f"--model ({self.model_id}) and OPENAI_BASE_URL / --llm-base-url."
+        )
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.close()
+
+
+def _merge_tool_call(calls: dict[int, dict[str, str]], part: Any) -> None:
+    """Fold one streamed tool-call delta into the call with the same index."""
+    index = getattr(part, "index", None) or 0
+    call = calls.setdefault(index, {"id": "", "name": "", "arguments": ""})
+    if getattr(part, "id", None) and not call["id"]:
+        call["id"] = part.id
+    function = getattr(part, "function", None)
+    if function is not None:
+        if function.name and not call["name"]:
+            call["name"] = function.name
+        if function.arguments:
+            call["arguments"] += function.arguments
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def _detail(exc: openai.APIStatusError) -> str:
+    """The endpoint's own explanation, from its JSON error body if it sent one."""
+    body = exc.body
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        message = inner.get("message") if isinstance(inner, dict) else inner
+        if isinstance(message, str) and message.strip():
+            return _one_line(message.rstrip("."))
+    return ""
+
+
+def _connection_reason(exc: BaseException) -> str:
+    """Why a connection failed, in a few words (walks the cause chain)."""
+    seen: BaseException | None = exc
+    deepest = ""
+    for _ in range(10):
+        if seen is None:
+            break
+        if isinstance(seen, ConnectionRefusedError) or (
+            isinstance(seen, OSError) and seen.errno == errno.ECONNREFUSED
+        ):
+            return "connection refused"
+        if "refused" in str(seen).lower():
+            return "connection refused"
+        if str(seen):
+            deepest = str(seen)
+        seen = seen.__cause__ or seen.__context__
+    return _one_line(deepest.rstrip(".")) or "connection failed"
+
+
+def model_from_env(
+    model: str | None = None,
+    base_url: str | None = None,
+    api_key: str | None = None,
+    timeout: float = 60.0,
+    max_retries: int = 0,
+) -> Model:
+    """The model configured by arguments, else OPENAI_API_KEY / OPENAI_BASE_URL /
+    MYAGENT_MODEL; with no key and no endpoint, the built-in offline model."""
+    from .offline import OfflineModel
+
+    name = model or os.environ.get("MYAGENT_MODEL") or DEFAULT_MODEL
+    key = api_key or os.environ.get("OPENAI_API_KEY") or None
+    url = base_url or os.environ.get("OPENAI_BASE_URL") or None
+    if name == "offline" or (key is None and url is None):
+        return OfflineModel()
+    return OpenAIModel(
+        model=name, api_key=key, base_url=url, timeout=timeout, max_retries=max_retries
+    )
+
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "Model",
+    "ModelReply",
+    "OpenAIModel",
+    "ToolCallRequest",
+    "model_from_env",
+]

@@ -1,0 +1,235 @@
+"""OpenAIModel against a local fake OpenAI endpoint: streaming, tool-call assembly, and
+every way the endpoint can fail turning into an LLMError a person can act on."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from myagent import (
+    BaseTool,
+    FinalAnswer,
+    LLMError,
+    ModelReply,
+    OpenAIModel,
+    TextDelta,
+    ToolCall,
+    ToolFinished,
+    ToolResult,
+    create_react_agent,
+)
+from tests.fake_openai import FakeOpenAI, Hang, Raw, Status, Text, fake_openai, tool_calls
+
+__all__ = ["fake_openai"]  # the fixture, used by name
+
+
+class Weather(BaseTool):
+    name = "get_weather"
+    description = "Get the weather in a city."
+    parameters = {
+        "type": "object",
+        "properties": {"city": {"type": "string"}},
+        "required": ["city"],
+    }
+
+    async def execute(self, city: str) -> ToolResult:
+        return ToolResult(output=f"{city}: sunny")
+
+
+class Info(BaseTool):
+    name = "get_city_info"
+    description = "Get facts about a city."
+    parameters = {
+        "type": "object",
+        "properties": {"city": {"type": "string"}},
+        "required": ["city"],
+    }
+
+    async def execute(self, city: str) -> ToolResult:
+        return ToolResult(output=f"{city}: big")
+
+
+@pytest.fixture
+async def model(fake_openai: FakeOpenAI) -> AsyncIterator[OpenAIModel]:
+    model = OpenAIModel(model="fake-model", api_key="sk-test", base_url=fake_openai.base_url)
+    yield model
+    await model.aclose()
+
+
+async def items(model: OpenAIModel, messages: list[dict[str, Any]], tools: list[Any]) -> list:
+    return [item async for item in model.stream(messages, tools)]
+
+
+def assert_human(message: str) -> None:
+    assert "Traceback" not in message and 'File "' not in message and "\n" not in message
+    assert message.endswith(".")
+
+
+async def test_streams_text_deltas_then_the_reply(fake_openai: FakeOpenAI, model) -> None:
+    fake_openai.script.append(Text("Hello from the fake endpoint!", pieces=4))
+    *deltas, reply = await items(model, [{"role": "user", "content": "hi"}], [])
+    assert len(deltas) == 4 and "".join(deltas) == "Hello from the fake endpoint!"
+    assert isinstance(reply, ModelReply) and reply.text == "Hello from the fake endpoint!"
+    assert reply.tool_calls == []
+    (request,) = fake_openai.requests
+    assert request["model"] == "fake-model" and request["stream"] is True
+    assert "tools" not in request  # only sent when there are tools
+    assert fake_openai.headers[0]["Authorization"] == "Bearer sk-test"
+
+
+async def test_split_interleaved_tool_calls_are_assembled(fake_openai: FakeOpenAI, model) -> None:
+    fake_openai.script.append(
+        tool_calls(
+            ("call_a", "get_weather", '{"city": "Paris", "unit": "celsius"}'),
+            ("call_b", "get_city_info", '{"city": "北京"}'),
+        )
+    )
+    (reply,) = await items(model, [{"role": "user", "content": "x"}], [])
+    assert [(c.id, c.name) for c in reply.tool_calls] == [
+        ("call_a", "get_weather"),
+        ("call_b", "get_city_info"),
+    ]
+    assert json.loads(reply.tool_calls[0].arguments) == {"city": "Paris", "unit": "celsius"}
+    assert json.loads(reply.tool_calls[1].arguments) == {"city": "北京"}
+
+
+async def test_agent_turn_over_the_wire(fake_openai: FakeOpenAI, model) -> None:
+    fake_openai.script += [
+        tool_calls(
+            ("call_a", "get_weather", '{"city": "Paris"}'),
+            ("call_b", "get_city_info", '{"city": "Paris"}'),
+            text="Checking. ",
+        ),
+        Text("Paris is sunny and big."),
+    ]
+    agent = create_react_agent(
+        "wire", tools=[Weather(), Info()], system_prompt="You are terse.", model=model
+    )
+    steps = [step async for step in agent.run("Tell me about Paris")]
+    calls = [s for s in steps if isinstance(s, ToolCall)]
+    assert [(c.call_id, c.tool, c.args) for c in calls] == [
+        ("call_a", "get_weather", {"city": "Paris"}),
+        ("call_b", "get_city_info", {"city": "Paris"}),
+    ]
+    assert [s.output for s in steps if isinstance(s, ToolFinished)] == [
+        "Paris: sunny",
+        "Paris: big",
+    ]
+    assert "".join(s.text for s in steps if isinstance(s, TextDelta) and s.step == 2) == (
+        "Paris is sunny and big."
+    )
+    assert steps[-1] == FinalAnswer("Paris is sunny and big.")
+
+    first, second = fake_openai.requests
+    assert [t["function"]["name"] for t in first["tools"]] == ["get_weather", "get_city_info"]
+    assert first["tools"][0]["function"]["parameters"] == Weather.parameters
+    assert first["messages"] == [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "Tell me about Paris"},
+    ]
+    assistant, tool_a, tool_b = second["messages"][2:]
+    assert assistant["tool_calls"][1]["function"] == {
+        "name": "get_city_info",
+        "arguments": '{"city": "Paris"}',
+    }
+    assert tool_a == {"role": "tool", "tool_call_id": "call_a", "content": "Paris: sunny"}
+    assert tool_b["tool_call_id"] == "call_b"
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        (401, "The LLM endpoint rejected the API key (401): Bad key. Check OPENAI_API_KEY."),
+        (429, "The LLM endpoint is rate limiting requests (429): Slow down."),
+        (500, "failed with a server error (500): It broke. Try again later"),
+        (404, "has no model 'fake-model' or no chat completions API (404)"),
+    ],
+)
+async def test_http_errors_become_llm_errors_and_the_next_turn_works(
+    fake_openai: FakeOpenAI, model, status: int, expected: str
+) -> None:
+    message = {401: "Bad key", 429: "Slow down.", 500: "It broke", 404: "No such model"}[status]
+    fake_openai.script += [Status(status, message), "Recovered."]
+    agent = create_react_agent("err", tools=[Weather()], model=model)
+    with pytest.raises(LLMError) as caught:
+        await agent.arun("first")
+    assert expected in str(caught.value) and caught.value.code == "llm_error"
+    assert_human(str(caught.value))
+    assert agent.messages == []
+    assert await agent.arun("second") == "Recovered."
+    assert [m["content"] for m in agent.messages] == ["second", "Recovered."]
+    assert len(fake_openai.requests) == 2  # no hidden retries
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def test_connection_refused() -> None:
+    url = f"http://127.0.0.1:{closed_port()}/v1"
+    model = OpenAIModel(base_url=url)
+    agent = create_react_agent("down", model=model)
+    try:
+        with pytest.raises(LLMError) as caught:
+            await agent.arun("hi")
+    finally:
+        await model.aclose()
+    assert str(caught.value) == (
+        f"Could not reach the LLM endpoint at {url}: connection refused. "
+        "Check OPENAI_BASE_URL / --llm-base-url."
+    )
+    assert agent.messages == []
+
+
+@pytest.mark.parametrize("reply", [Hang(), Hang(text_first="Partial answer")])
+async def test_timeout_before_or_during_the_stream(fake_openai: FakeOpenAI, reply: Hang) -> None:
+    model = OpenAIModel(base_url=fake_openai.base_url, timeout=0.3)
+    fake_openai.script += [reply, "After the timeout."]
+    agent = create_react_agent("slow", model=model)
+    try:
+        with pytest.raises(LLMError) as caught:
+            await agent.arun("hi")
+        assert str(caught.value).startswith(
+            f"The LLM endpoint at {fake_openai.base_url} did not answer within 0.3 s."
+        )
+        assert_human(str(caught.value))
+        assert agent.messages == []
+        assert await agent.arun("again") == "After the timeout."
+    finally:
+        await model.aclose()
+
+
+async def test_malformed_stream(fake_openai: FakeOpenAI, model) -> None:
+    fake_openai.script.append(Raw(["{not json"]))
+    with pytest.raises(LLMError, match="malformed streaming reply") as caught:
+        await items(model, [{"role": "user", "content": "hi"}], [])
+    assert_human(str(caught.value))
+
+
+async def test_placeholder_key_for_a_local_endpoint(fake_openai: FakeOpenAI) -> None:
+    model = OpenAIModel(model="llama3", base_url=fake_openai.base_url)
+    fake_openai.script.append("ok")
+    try:
+        assert (await items(model, [{"role": "user", "content": "hi"}], []))[-1].text == "ok"
+    finally:
+        await model.aclose()
+    assert fake_openai.headers[0]["Authorization"] == "Bearer not-needed"
+    assert model.describe() == {
+        "provider": "openai",
+        "model": "llama3",
+        "offline": False,
+        "base_url": fake_openai.base_url,
+    }
+
+
+async def test_no_key_and_no_endpoint_is_a_clear_error() -> None:
+    model = OpenAIModel()
+    with pytest.raises(LLMError, match="Set OPENAI_API_KEY"):
+        await items(model, [{"role": "user", "content": "hi"}], [])
+    await model.aclose()
