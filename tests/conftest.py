@@ -29,6 +29,13 @@ WEATHER = str(EXAMPLES / "ws_weather_agent.py")
 GREETER = str(EXAMPLES / "my_agent.py")
 
 
+def reference(name: str) -> Path:
+    """The project's shared reference (seed README, PROTOCOL.md): the live copy beside the
+    checkout when there is one (CI has it), else the snapshot in docs/reference/."""
+    live = ROOT.parent / "shared" / name
+    return live if live.exists() else ROOT / "docs" / "reference" / name
+
+
 @pytest.fixture(autouse=True)
 def _offline_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests never reach a real LLM by accident: no endpoint is configured unless a test says so."""

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import websockets
 
-from tests.conftest import GREETER, ROOT, WEATHER
+from tests.conftest import GREETER, ROOT, WEATHER, reference
 
-SEED = ROOT.parent / "shared" / "seed-ws-server-README.md"
+SEED = reference("seed-ws-server-README.md")
 CLI = str(Path(sys.executable).parent / "myagent-ws")
 
 

@@ -27,10 +27,11 @@ from myagent_ws.protocol import (
     requested_agent,
     response_approved,
 )
+from tests.conftest import reference
 
 LIMIT = 1 << 20
 SCHEMA_DIR = Path(__file__).resolve().parents[1] / "schemas"
-PROTOCOL_MD = Path(__file__).resolve().parents[2] / "shared" / "PROTOCOL.md"
+PROTOCOL_MD = reference("PROTOCOL.md")
 SCHEMAS = load_schemas()
 
 
