@@ -5,18 +5,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import pluggy
 from aiohttp import WSCloseCode, web
 
 from myagent.llm import model_from_env
 
 from . import console
 from .connection import Connection
-from .keys import CONNECTIONS, MODEL, PROTOCOL, REGISTRY, SESSIONS, SETTINGS, STARTED_AT, STORE
+from .keys import (
+    CONNECTIONS,
+    MODEL,
+    PLUGINS,
+    PROTOCOL,
+    REGISTRY,
+    SESSIONS,
+    SETTINGS,
+    STARTED_AT,
+    STORE,
+)
+from .plugins import make_plugin_manager
 from .protocol import Protocol, encode, make_event
 from .registry import AgentRegistry
 from .sessions import SessionManager
@@ -30,11 +43,14 @@ def create_app(
     settings: Settings,
     registry: AgentRegistry,
     *,
+    pm: pluggy.PluginManager | None = None,
     model: Any = None,
     store: Store | None = None,
 ) -> web.Application:
-    """Build the server. `model` serves agents that bring none (default: from settings/env)."""
+    """Build the server. `pm` carries the loaded plugins' hooks; `model` serves agents that
+    bring none (default: from settings and the environment)."""
     app = web.Application()
+    app[PLUGINS] = pm if pm is not None else make_plugin_manager()
     app[SETTINGS] = settings
     app[REGISTRY] = registry
     app[PROTOCOL] = Protocol(max_frame_bytes=settings.max_frame_bytes)
@@ -47,7 +63,22 @@ def create_app(
     console.add_routes(app)
     app.cleanup_ctx.append(_background_tasks)
     app.on_shutdown.append(_end_sessions_and_close)
+    hook = app[PLUGINS].hook
+    hook.prepare_app(app=app, settings=settings)
+    if hook.observe_event.get_hookimpls():
+        app[SESSIONS].observers.append(_observer(hook))
     return app
+
+
+def _observer(hook: Any) -> Any:
+    """One observer that calls every observe_event implementation, awaiting async ones."""
+
+    async def observe(session_id: str, event: dict[str, Any]) -> None:
+        for result in hook.observe_event(session_id=session_id, event=event):
+            if inspect.isawaitable(result):
+                await result
+
+    return observe
 
 
 def model_for(settings: Settings) -> Any:

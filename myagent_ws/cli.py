@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import traceback
@@ -23,25 +24,40 @@ def _fail(exc: Exception, debug: bool) -> None:
     sys.exit(2)
 
 
-def _registry(
-    files: tuple[str, ...], default: str | None, say: Callable[[str], Any]
-) -> AgentRegistry:
-    from .loader import agents_in_module, load_module
+def _load(
+    files: tuple[str, ...],
+    plugins: tuple[str, ...],
+    all_plugins: bool,
+    default: str | None,
+    say: Callable[[str], Any],
+) -> tuple[AgentRegistry, Any]:
+    from .plugins import AgentSources, build_registry, make_plugin_manager
 
-    registry = AgentRegistry()
-    for path in files:
-        say(f"🔍 Loading agent file: {path}")
-        for spec in agents_in_module(load_module(path), path):
-            registry.add(spec)
-            say(
-                f"✅ Agent loaded: {spec.name}"
-                + (f" (tools: {', '.join(spec.tools)})" if spec.tools else "")
-            )
-    if not registry:
-        raise StartupError("No agents to serve; give an agent file: myagent-ws server agent.py")
-    if default:
-        registry.set_default(default)
-    return registry
+    pm = make_plugin_manager()
+    sources = AgentSources.with_env(files, plugins, all_plugins, default)
+    return build_registry(pm, sources, say), pm
+
+
+def agent_sources(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The options that say which agents to serve, shared by `server` and `agents`."""
+    for option in reversed(
+        [
+            click.argument("files", nargs=-1),
+            click.option(
+                "--plugin",
+                "plugins",
+                multiple=True,
+                metavar="NAME",
+                help="Serve an installed plugin's agents (entry-point name or module).",
+            ),
+            click.option(
+                "--all-plugins", is_flag=True, help="Serve every installed plugin's agents."
+            ),
+            click.option("--debug", is_flag=True, help="Tracebacks on errors; log every frame."),
+        ]
+    ):
+        command = option(command)
+    return command
 
 
 @click.group()
@@ -51,7 +67,7 @@ def cli() -> None:
 
 
 @cli.command()
-@click.argument("files", nargs=-1, required=True)
+@agent_sources
 @click.option("--host", default="localhost", show_default=True, help="Interface to listen on.")
 @click.option("--port", default=8080, show_default=True, type=int, help="Port to listen on.")
 @click.option("--default", "default_agent", help="Agent used when a client names none.")
@@ -61,17 +77,18 @@ def cli() -> None:
     envvar="OPENAI_BASE_URL",
     help="OpenAI-compatible endpoint [env: OPENAI_BASE_URL].",
 )
-@click.option("--debug", is_flag=True, help="Log every frame in and out; tracebacks on errors.")
 def server(
     files: tuple[str, ...],
+    plugins: tuple[str, ...],
+    all_plugins: bool,
+    debug: bool,
     host: str,
     port: int,
     default_agent: str | None,
     model: str | None,
     llm_base_url: str | None,
-    debug: bool,
 ) -> None:
-    """Serve the agents defined in FILES (Python files) until Ctrl-C."""
+    """Serve the agents of FILES (Python files) and plugins until Ctrl-C."""
     from aiohttp import web
 
     from .app import create_app, model_for
@@ -84,7 +101,7 @@ def server(
         logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     settings = Settings(host=host, port=port, debug=debug, model=model, llm_base_url=llm_base_url)
     try:
-        registry = _registry(files, default_agent, click.echo)
+        registry, pm = _load(files, plugins, all_plugins, default_agent, click.echo)
         llm = model_for(settings)
     except StartupError as exc:
         _fail(exc, debug)
@@ -98,17 +115,18 @@ def server(
     shown = "localhost" if host in ("0.0.0.0", "::", "localhost") else host
     click.echo(f"🚀 MyAgent WebSocket server running at ws://{shown}:{port}")
     click.echo(f"   console: http://{shown}:{port}/   health: http://{shown}:{port}/health")
-    app = create_app(settings, registry, model=llm)
+    app = create_app(settings, registry, pm=pm, model=llm)
     web.run_app(app, host=host, port=port, print=None, shutdown_timeout=settings.shutdown_timeout_s)
 
 
 @cli.command()
-@click.argument("files", nargs=-1, required=True)
-@click.option("--debug", is_flag=True, help="Tracebacks on errors.")
-def agents(files: tuple[str, ...], debug: bool) -> None:
-    """List the agents defined in FILES."""
+@agent_sources
+def agents(
+    files: tuple[str, ...], plugins: tuple[str, ...], all_plugins: bool, debug: bool
+) -> None:
+    """List the agents of FILES and plugins: name, source, description, tools."""
     try:
-        registry = _registry(files, None, lambda _line: None)
+        registry, _ = _load(files, plugins, all_plugins, None, lambda _line: None)
     except StartupError as exc:
         _fail(exc, debug)
     rows = [("NAME", "SOURCE", "DESCRIPTION", "TOOLS")] + [
@@ -116,8 +134,20 @@ def agents(files: tuple[str, ...], debug: bool) -> None:
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     for row in rows:
-        click.echo(
-            "  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths, strict=True))
-            + "  "
-            + row[3]
-        )
+        cells = [cell.ljust(width) for cell, width in zip(row[:3], widths, strict=True)]
+        click.echo("  ".join([*cells, row[3]]))
+
+
+@cli.command()
+@click.option("--debug", is_flag=True, help="Tracebacks on errors.")
+def plugins(debug: bool) -> None:
+    """Print the installed plugins as JSON: name, entry-point group, distribution, hooks."""
+    from .plugins import installed_plugins, load_plugin, make_plugin_manager, plugin_report
+
+    pm = make_plugin_manager()
+    try:
+        for plugin in installed_plugins():
+            load_plugin(pm, plugin.name)
+    except StartupError as exc:
+        _fail(exc, debug)
+    click.echo(json.dumps(plugin_report(pm), indent=2))

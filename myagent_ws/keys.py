@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pluggy
 from aiohttp import web
 
 from .connection import Connection
@@ -13,6 +14,7 @@ from .sessions import SessionManager
 from .settings import Settings
 from .store import Store
 
+PLUGINS = web.AppKey("plugins", pluggy.PluginManager)
 SETTINGS = web.AppKey("settings", Settings)
 REGISTRY = web.AppKey("registry", AgentRegistry)
 PROTOCOL = web.AppKey("protocol", Protocol)

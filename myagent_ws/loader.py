@@ -61,7 +61,14 @@ def agents_in_module(module: Any, source: str) -> list[AgentSpec]:
     return [spec_for(factory, source) for factory in factories]
 
 
-def spec_for(factory: Callable[[], Any], source: str, **extra: Any) -> AgentSpec:
+def spec_for(
+    factory: Callable[[], Any],
+    source: str,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    default: bool = False,
+) -> AgentSpec:
     """Build one agent to learn its name, description and tools, and check it works."""
     try:
         sample = factory()
@@ -69,18 +76,19 @@ def spec_for(factory: Callable[[], Any], source: str, **extra: Any) -> AgentSpec
         raise StartupError(
             f"{source}: creating the agent failed: {type(exc).__name__}: {exc}"
         ) from exc
-    name = getattr(sample, "name", None)
-    if not isinstance(name, str) or not name or not callable(getattr(sample, "run", None)):
+    if not isinstance(getattr(sample, "name", None), str) or not callable(
+        getattr(sample, "run", None)
+    ):
         raise StartupError(
             f"{source}: {sample!r} is not an agent; build one with myagent.create_react_agent()."
         )
     return AgentSpec(
-        name=name,
+        name=name or sample.name,
         factory=factory,
-        description=getattr(sample, "description", "") or "",
+        description=description or getattr(sample, "description", "") or "",
         tools=tuple(tool.name for tool in getattr(sample, "tools", ())),
         source=source,
-        **extra,
+        default=default,
     )
 
 
