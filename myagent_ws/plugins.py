@@ -97,10 +97,7 @@ def build_registry(
     for path in sources.files:
         say(f"🔍 Loading agent file: {path}")
         module = load_module(path)
-        has_hooks = _has_hookimpls(module)
-        if has_hooks:
-            pm.register(module, name=f"file:{path}")
-        if not has_hooks or _defines_agents(module):
+        if _register_hooks(pm, module, f"file:{path}"):
             _add_all(registry, agents_in_module(module, path), say)
     names = [p.name for p in installed_plugins()] if sources.all_plugins else []
     for name in dict.fromkeys([*names, *sources.plugins]):
@@ -139,10 +136,9 @@ def load_plugin(pm: pluggy.PluginManager, name: str) -> list[Any]:
         return [spec_for(factory, plugin.label)]
     if _importable(name):
         module = _load(name, lambda: importlib.import_module(name))
-        pm.register(module, name=name)
-        if _has_hookimpls(module) and not _defines_agents(module):
-            return []
-        return agents_in_module(module, f"module {name}")
+        if _register_hooks(pm, module, name):
+            return agents_in_module(module, f"module {name}")
+        return []
     known = ", ".join(p.name for p in installed.values()) or "none installed"
     raise StartupError(f"No plugin named {name!r}. Installed plugins: {known}.")
 
@@ -150,7 +146,7 @@ def load_plugin(pm: pluggy.PluginManager, name: str) -> list[Any]:
 def hook_agents(pm: pluggy.PluginManager) -> list[Any]:
     """Agents that plugins contribute through register_agents, labelled with their plugin."""
     specs: list[Any] = []
-    for impl in reversed(pm.hook.register_agents.get_hookimpls()):  # registration order
+    for impl in pm.hook.register_agents.get_hookimpls():  # in registration order
         plugin = pm.get_name(impl.plugin) or repr(impl.plugin)
         source = f"plugin {plugin}"
 
@@ -203,14 +199,20 @@ def _importable(name: str) -> bool:
         return False
 
 
-def _has_hookimpls(module: Any) -> bool:
-    return any(hasattr(getattr(module, attr, None), "myagent_ws_impl") for attr in dir(module))
+def _hookimpl_names(module: Any) -> set[str]:
+    return {attr for attr in dir(module) if hasattr(getattr(module, attr, None), "myagent_ws_impl")}
 
 
-def _defines_agents(module: Any) -> bool:
-    return any(
-        getattr(module, attr, None) is not None for attr in ("agent", "create_agent", "agents")
-    )
+def _register_hooks(pm: pluggy.PluginManager, module: Any, name: str) -> bool:
+    """Register the module on `pm`; True if its module-level agents are to be served too
+    (it has no register_agents hook and defines `agent`, `create_agent` or `agents`, or it
+    has no hooks at all, as a plain agent file)."""
+    hooks = _hookimpl_names(module)
+    pm.register(module, name=name)
+    if not hooks:
+        return True
+    defines = any(getattr(module, a, None) is not None for a in ("agent", "create_agent", "agents"))
+    return "register_agents" not in hooks and defines
 
 
 def plugin_report(pm: pluggy.PluginManager) -> list[dict[str, Any]]:

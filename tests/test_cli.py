@@ -19,8 +19,12 @@ SEED = reference("seed-ws-server-README.md")
 CLI = str(Path(sys.executable).parent / "myagent-ws")
 
 
-def run_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([CLI, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [CLI, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def seed_snippet(language: str, marker: str) -> str:
