@@ -7,10 +7,15 @@ PORT ?= 8080
 
 .PHONY: install run test lint format clean
 
-$(STAMP): setup.cfg setup.py
+PLUGINS := plugins/weather plugins/calculator
+
+# The host first, then the example plugin packages (the weather example imports its tools
+# from plugins/weather); editable, so their entry points are real package metadata.
+$(STAMP): setup.cfg setup.py $(addsuffix /pyproject.toml,$(PLUGINS))
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
 	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q $(addprefix -e ,$(PLUGINS))
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -4,11 +4,17 @@ It never parses protocol frames."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
+import aiohttp_jinja2
+import jinja2
 from aiohttp import web
 
 from . import __version__
+from .protocol import PROTOCOL_VERSION
 from .keys import CONNECTIONS, REGISTRY, SESSIONS, STARTED_AT
+
+STATIC = Path(__file__).parent / "static"
 
 
 async def health(request: web.Request) -> web.Response:
@@ -30,15 +36,21 @@ async def agents(request: web.Request) -> web.Response:
 
 
 async def index(request: web.Request) -> web.Response:
-    names = ", ".join(request.app[REGISTRY].names())
-    return web.Response(
-        text=(
-            f"myagent-ws {__version__}: connect a WebSocket client to this URL.\n"
-            f"Agents: {names}\nHealth: /health  Agents: /agents\n"
-        )
-    )
+    """The web console: a page that talks to this same URL over WebSocket."""
+    context = {
+        "version": __version__,
+        "protocol_version": PROTOCOL_VERSION,
+        "agents": request.app[REGISTRY].describe(),
+    }
+    return aiohttp_jinja2.render_template("index.html", request, context)
 
 
 def add_routes(app: web.Application) -> None:
+    aiohttp_jinja2.setup(
+        app,
+        loader=jinja2.PackageLoader("myagent_ws", "templates"),
+        autoescape=jinja2.select_autoescape(default=True),
+    )
+    app.router.add_static("/static/", STATIC, name="static", append_version=True)
     app.router.add_get("/health", health)
     app.router.add_get("/agents", agents)
