@@ -11,8 +11,8 @@ import jinja2
 from aiohttp import web
 
 from . import __version__
-from .protocol import PROTOCOL_VERSION
 from .keys import CONNECTIONS, REGISTRY, SESSIONS, STARTED_AT
+from .protocol import PROTOCOL_VERSION
 
 STATIC = Path(__file__).parent / "static"
 
