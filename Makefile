@@ -16,6 +16,8 @@ $(STAMP): setup.cfg setup.py $(addsuffix /pyproject.toml,$(PLUGINS))
 	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
 	$(BIN)/python -m pip install -q -e '.[test]'
 	$(BIN)/python -m pip install -q $(addprefix -e ,$(PLUGINS))
+	# The official AsyncAPI JSON Schemas, to validate /asyncapi.json in the tests.
+	npm install --silent --no-audit --no-fund --prefix $(VENV)/npm @asyncapi/specs@6.11.1
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -20,15 +20,18 @@ from . import console
 from .connection import Connection
 from .keys import (
     CONNECTIONS,
+    METRICS,
     MODEL,
     PLUGINS,
     PROTOCOL,
+    READY,
     REGISTRY,
     SESSIONS,
     SETTINGS,
     STARTED_AT,
     STORE,
 )
+from .metrics import Metrics
 from .plugins import make_plugin_manager
 from .protocol import Protocol, encode, make_event
 from .registry import AgentRegistry
@@ -56,12 +59,17 @@ def create_app(
     app[PROTOCOL] = Protocol(max_frame_bytes=settings.max_frame_bytes)
     app[MODEL] = model if model is not None else model_for(settings)
     app[STORE] = store if store is not None else MemoryStore(settings.replay_buffer)
-    app[SESSIONS] = SessionManager(registry, app[STORE], settings, app[MODEL])
     app[CONNECTIONS] = set()
+    app[METRICS] = Metrics(lambda: len(app[CONNECTIONS]), lambda: len(app[SESSIONS]))
+    app[SESSIONS] = SessionManager(registry, app[STORE], settings, app[MODEL], app[METRICS])
     app[STARTED_AT] = time.monotonic()
+    app[READY] = asyncio.Event()
     app.router.add_get("/", endpoint)
     console.add_routes(app)
     app.cleanup_ctx.append(_background_tasks)
+    if settings.health_port is not None:
+        app.cleanup_ctx.append(_health_port)
+    app.on_startup.append(_ready)
     app.on_shutdown.append(_end_sessions_and_close)
     hook = app[PLUGINS].hook
     hook.prepare_app(app=app, settings=settings)
@@ -151,8 +159,24 @@ async def _background_tasks(app: web.Application) -> AsyncIterator[None]:
         await aclose()
 
 
+async def _ready(app: web.Application) -> None:
+    app[READY].set()
+
+
+async def _health_port(app: web.Application) -> AsyncIterator[None]:
+    """A second listener with only the operator endpoints."""
+    settings = app[SETTINGS]
+    runner = web.AppRunner(console.operator_app(app), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, settings.host, settings.health_port).start()
+    yield
+    await runner.cleanup()
+
+
 async def _end_sessions_and_close(app: web.Application) -> None:
-    """Shutdown: interrupt turns, tell every session it ended, flush, then close sockets."""
+    """Shutdown: not ready any more, interrupt turns, tell every session it ended, flush,
+    then close sockets."""
+    app[READY].clear()
     await app[SESSIONS].shutdown()
     await asyncio.gather(
         *(

@@ -70,6 +70,7 @@ def cli() -> None:
 @agent_sources
 @click.option("--host", default="localhost", show_default=True, help="Interface to listen on.")
 @click.option("--port", default=8080, show_default=True, type=int, help="Port to listen on.")
+@click.option("--health-port", type=int, help="Also serve /health, /ready, /metrics on this port.")
 @click.option("--default", "default_agent", help="Agent used when a client names none.")
 @click.option("--model", envvar="MYAGENT_MODEL", help="LLM model name [env: MYAGENT_MODEL].")
 @click.option(
@@ -84,6 +85,7 @@ def server(
     debug: bool,
     host: str,
     port: int,
+    health_port: int | None,
     default_agent: str | None,
     model: str | None,
     llm_base_url: str | None,
@@ -99,7 +101,14 @@ def server(
     )
     if not debug:
         logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    settings = Settings(host=host, port=port, debug=debug, model=model, llm_base_url=llm_base_url)
+    settings = Settings(
+        host=host,
+        port=port,
+        health_port=health_port,
+        debug=debug,
+        model=model,
+        llm_base_url=llm_base_url,
+    )
     try:
         registry, pm = _load(files, plugins, all_plugins, default_agent, click.echo)
         llm = model_for(settings)
@@ -114,7 +123,8 @@ def server(
         click.echo(f"🧠 LLM: {info.get('model')} at {info.get('base_url') or 'api.openai.com'}")
     shown = "localhost" if host in ("0.0.0.0", "::", "localhost") else host
     click.echo(f"🚀 MyAgent WebSocket server running at ws://{shown}:{port}")
-    click.echo(f"   console: http://{shown}:{port}/   health: http://{shown}:{port}/health")
+    operator = f"http://{shown}:{health_port or port}"
+    click.echo(f"   console: http://{shown}:{port}/   health: {operator}/health")
     app = create_app(settings, registry, pm=pm, model=llm)
     web.run_app(app, host=host, port=port, print=None, shutdown_timeout=settings.shutdown_timeout_s)
 

@@ -147,6 +147,7 @@ class Connection:
             )
 
     def _reply_error(self, exc: ProtocolError) -> None:
+        self.sessions.metrics.inbound_error(exc.code)
         self.send_event(exc.to_event())
 
     # -- handlers: one per client event ------------------------------------------------

@@ -1,5 +1,6 @@
-"""HTTP side of the server: operator endpoints and the page a plain browser GET / gets.
-It never parses protocol frames."""
+"""HTTP side of the server: the console page a plain browser GET / gets, and the operator
+endpoints (health, readiness, metrics, schemas, AsyncAPI). It never parses protocol frames.
+"""
 
 from __future__ import annotations
 
@@ -11,14 +12,21 @@ import jinja2
 from aiohttp import web
 
 from . import __version__
-from .keys import CONNECTIONS, REGISTRY, SESSIONS, STARTED_AT
+from .asyncapi import build_asyncapi
+from .keys import CONNECTIONS, MAIN_APP, METRICS, PROTOCOL, READY, REGISTRY, SESSIONS, STARTED_AT
 from .protocol import PROTOCOL_VERSION
 
 STATIC = Path(__file__).parent / "static"
 
 
+def _main(request: web.Request) -> web.Application:
+    """The server's application, also when asked through the separate health port."""
+    return request.app.get(MAIN_APP, request.app)
+
+
 async def health(request: web.Request) -> web.Response:
-    app = request.app
+    """Liveness: the process answers."""
+    app = _main(request)
     return web.json_response(
         {
             "status": "ok",
@@ -31,8 +39,35 @@ async def health(request: web.Request) -> web.Response:
     )
 
 
+async def ready(request: web.Request) -> web.Response:
+    """Readiness: false while starting and while draining on shutdown."""
+    is_ready = _main(request)[READY].is_set()
+    return web.json_response({"ready": is_ready}, status=200 if is_ready else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text format."""
+    registry = _main(request)[METRICS]
+    response = web.Response(body=registry.render())
+    response.content_type = "text/plain"
+    response.headers["Content-Type"] = registry.content_type
+    return response
+
+
 async def agents(request: web.Request) -> web.Response:
     return web.json_response({"agents": request.app[REGISTRY].describe()})
+
+
+async def schema(request: web.Request) -> web.Response:
+    """One schema file of the protocol, as the server validates with it."""
+    found = request.app[PROTOCOL].schemas.get(request.match_info["name"])
+    if found is None:
+        raise web.HTTPNotFound(text="No such schema; /asyncapi.json lists every event.")
+    return web.json_response(found)
+
+
+async def asyncapi(request: web.Request) -> web.Response:
+    return web.json_response(build_asyncapi(request.app[PROTOCOL].schemas, __version__))
 
 
 async def index(request: web.Request) -> web.Response:
@@ -52,5 +87,21 @@ def add_routes(app: web.Application) -> None:
         autoescape=jinja2.select_autoescape(default=True),
     )
     app.router.add_static("/static/", STATIC, name="static", append_version=True)
-    app.router.add_get("/health", health)
+    add_operator_routes(app)
     app.router.add_get("/agents", agents)
+    app.router.add_get("/schemas/{name}.json", schema)
+    app.router.add_get("/asyncapi.json", asyncapi)
+
+
+def add_operator_routes(app: web.Application) -> None:
+    app.router.add_get("/health", health)
+    app.router.add_get("/ready", ready)
+    app.router.add_get("/metrics", metrics)
+
+
+def operator_app(main: web.Application) -> web.Application:
+    """health, ready and metrics alone, for a second port (--health-port)."""
+    app = web.Application()
+    app[MAIN_APP] = main
+    add_operator_routes(app)
+    return app

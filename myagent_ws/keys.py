@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pluggy
 from aiohttp import web
 
 from .connection import Connection
+from .metrics import Metrics
 from .protocol import Protocol
 from .registry import AgentRegistry
 from .sessions import SessionManager
@@ -23,3 +25,7 @@ STORE = web.AppKey("store", Store)
 SESSIONS = web.AppKey("sessions", SessionManager)
 CONNECTIONS = web.AppKey("connections", set[Connection])
 STARTED_AT = web.AppKey("started_at", float)
+READY = web.AppKey("ready", asyncio.Event)
+METRICS = web.AppKey("metrics", Metrics)
+# On the --health-port application: the server application it reports on.
+MAIN_APP = web.AppKey("main_app", web.Application)

@@ -208,9 +208,10 @@ def _register_hooks(pm: pluggy.PluginManager, module: Any, name: str) -> bool:
     (it has no register_agents hook and defines `agent`, `create_agent` or `agents`, or it
     has no hooks at all, as a plain agent file)."""
     hooks = _hookimpl_names(module)
-    pm.register(module, name=name)
     if not hooks:
         return True
+    if not pm.is_registered(module):
+        pm.register(module, name=name)
     defines = any(getattr(module, a, None) is not None for a in ("agent", "create_agent", "agents"))
     return "register_agents" not in hooks and defines
 

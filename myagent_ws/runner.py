@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from myagent.errors import AgentError
@@ -16,6 +18,7 @@ from myagent.events import FinalAnswer, TextDelta, Thinking, ToolCall, ToolFinis
 from .protocol import make_event
 
 if TYPE_CHECKING:
+    from .metrics import Metrics
     from .sessions import Session
 
 log = logging.getLogger(__name__)
@@ -60,43 +63,58 @@ def step_event(step: Any) -> dict[str, Any]:
                     "call_id": step.call_id,
                 },
             )
-        case FinalAnswer():
-            return make_event("agent.final_answer", content=step.text)
     raise TypeError(f"unknown agent step event {step!r}")
 
 
-async def run_turn(session: Session, text: str, timeout_s: float) -> None:
+async def run_turn(session: Session, text: str, timeout_s: float, metrics: Metrics) -> None:
     """Run one turn of the session's agent; every outcome becomes exactly one terminal event."""
-    emit = session.emit
-    ended = False
+    started = time.perf_counter()
+    metrics.turn_started()
+    pending_first = True
+
+    async def emit(event: dict[str, Any]) -> None:
+        nonlocal pending_first
+        if pending_first:
+            pending_first = False
+            metrics.first_event(time.perf_counter() - started)
+        await session.emit(event)
+
+    terminal = await _drive(session.agent, text, timeout_s, emit, session.id)
+    await emit(terminal)
+    metrics.turn_finished(terminal["event"].removeprefix("agent."), time.perf_counter() - started)
+
+
+async def _drive(
+    agent: Any,
+    text: str,
+    timeout_s: float,
+    emit: Callable[[dict[str, Any]], Awaitable[None]],
+    session_id: str,
+) -> dict[str, Any]:
+    """Emit the turn's step events; return (not emit) its terminal event."""
     try:
         async with asyncio.timeout(timeout_s):
-            async with contextlib.aclosing(session.agent.run(text)) as steps:
+            async with contextlib.aclosing(agent.run(text)) as steps:
                 async for step in steps:
-                    event = step_event(step)
-                    ended = isinstance(step, FinalAnswer)
-                    await emit(event)
-        if not ended:
-            await emit(_error("internal_error", "The agent stopped without an answer."))
+                    if isinstance(step, FinalAnswer):
+                        return make_event("agent.final_answer", content=step.text)
+                    await emit(step_event(step))
+        return _error("internal_error", "The agent stopped without an answer.")
     except TimeoutError:
-        await emit(
-            make_event(
-                "agent.timeout",
-                content=f"The turn took longer than {timeout_s:g} s and was stopped.",
-                metadata={"timeout_s": timeout_s},
-            )
+        return make_event(
+            "agent.timeout",
+            content=f"The turn took longer than {timeout_s:g} s and was stopped.",
+            metadata={"timeout_s": timeout_s},
         )
     except asyncio.CancelledError:
-        await emit(make_event("agent.interrupted", content="The turn was cancelled."))
+        return make_event("agent.interrupted", content="The turn was cancelled.")
     except AgentError as exc:
-        await emit(_error(exc.code, str(exc)))
+        return _error(exc.code, str(exc))
     except Exception as exc:
-        log.exception("turn in session %s failed", session.id)
-        await emit(
-            _error(
-                "internal_error",
-                f"The agent failed unexpectedly ({type(exc).__name__}); see the server log.",
-            )
+        log.exception("turn in session %s failed", session_id)
+        return _error(
+            "internal_error",
+            f"The agent failed unexpectedly ({type(exc).__name__}); see the server log.",
         )
 
 

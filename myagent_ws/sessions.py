@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from . import runner
+from .metrics import Metrics
 from .protocol import ProtocolError, encode, make_event
 from .registry import AgentRegistry
 from .settings import Settings
@@ -71,18 +72,28 @@ class Session:
         event["seq"] = self.seq
         event["event_id"] = f"{self.id}:{self.seq}"
         frame = encode(event)
-        await self._manager.store.append_event(self.id, self.seq, frame)
+        manager = self._manager
+        manager.metrics.event_sent(event["event"])
+        await manager.store.append_event(self.id, self.seq, frame)
         for connection in tuple(self.connections):
             connection.send(frame)
-        if self._manager.observers:
-            await self._manager.notify(self.id, event)
+        if manager.observers:
+            await manager.notify(self.id, event)
 
 
 class SessionManager:
     """Creates, finds, runs, resumes and ends sessions; owns every turn task."""
 
-    def __init__(self, registry: AgentRegistry, store: Store, settings: Settings, model: Any):
+    def __init__(
+        self,
+        registry: AgentRegistry,
+        store: Store,
+        settings: Settings,
+        model: Any,
+        metrics: Metrics,
+    ):
         self.registry = registry
+        self.metrics = metrics
         self.store = store
         self.settings = settings
         self.model = model
@@ -157,7 +168,7 @@ class SessionManager:
                 session_id=session.id,
             )
         session.turn = asyncio.create_task(
-            runner.run_turn(session, text, self.settings.turn_timeout_s),
+            runner.run_turn(session, text, self.settings.turn_timeout_s, self.metrics),
             name=f"turn {session.id}",
         )
 

@@ -11,6 +11,8 @@ class Settings:
 
     host: str = "127.0.0.1"
     port: int = 8080
+    # Serve /health, /ready and /metrics on this port too (e.g. for a private network).
+    health_port: int | None = None
     debug: bool = False
 
     # LLM: with neither a base URL nor an API key the built-in offline model serves.

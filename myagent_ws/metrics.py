@@ -1,0 +1,85 @@
+"""Prometheus metrics of one application, in its own registry (no process globals, so
+tests and several apps in one process never share counters). Label children are bound
+once and cached: counting an event on the hot path is a dict lookup and an increment."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class Metrics:
+    """What an operator graphs: connections, sessions, turns, events, errors, latency."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self, connections: Callable[[], int], sessions: Callable[[], int]) -> None:
+        self.registry = CollectorRegistry()
+        Gauge(
+            "myagent_ws_connections", "Open WebSocket connections.", registry=self.registry
+        ).set_function(connections)
+        Gauge(
+            "myagent_ws_sessions",
+            "Live sessions (attached or waiting for a reconnect).",
+            registry=self.registry,
+        ).set_function(sessions)
+        self._turns_started = Counter(
+            "myagent_ws_turns_started", "Turns started.", registry=self.registry
+        )
+        self._turns_finished = Counter(
+            "myagent_ws_turns_finished",
+            "Turns finished, by terminal event.",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self._events_sent = Counter(
+            "myagent_ws_events_sent",
+            "Session events emitted, by event name.",
+            ["event"],
+            registry=self.registry,
+        )
+        self._inbound_errors = Counter(
+            "myagent_ws_inbound_errors",
+            "system.error replies, by code.",
+            ["code"],
+            registry=self.registry,
+        )
+        self._turn_seconds = Histogram(
+            "myagent_ws_turn_seconds",
+            "Turn duration, message to terminal event.",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self._first_event_seconds = Histogram(
+            "myagent_ws_turn_first_event_seconds",
+            "Time from a message to its turn's first event.",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self._event_children: dict[str, Counter] = {}
+
+    def event_sent(self, name: str) -> None:
+        child = self._event_children.get(name)
+        if child is None:
+            child = self._event_children[name] = self._events_sent.labels(event=name)
+        child.inc()
+
+    def inbound_error(self, code: str) -> None:
+        self._inbound_errors.labels(code=code).inc()
+
+    def turn_started(self) -> None:
+        self._turns_started.inc()
+
+    def first_event(self, seconds: float) -> None:
+        self._first_event_seconds.observe(seconds)
+
+    def turn_finished(self, outcome: str, seconds: float) -> None:
+        self._turns_finished.labels(outcome=outcome).inc()
+        self._turn_seconds.observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
