@@ -12,8 +12,9 @@ The tools live in the myagent-ws-weather plugin package (plugins/weather, instal
 a module with a module-level `agent`.
 """
 
-from myagent import create_react_agent
 from myagent_ws_weather.tools import GetCityInfoTool, GetWeatherTool
+
+from myagent import create_react_agent
 
 # The server clones this agent for every session: each session gets its own memory.
 agent = create_react_agent(

@@ -217,7 +217,7 @@ def test_hook_register_agents_duplicate_between_plugins_fails():
             register("echo", echo_plugin.create_echo)
 
     pm.register(Second(), name="second")
-    with pytest.raises(StartupError, match="plugin first.*plugin second"):
+    with pytest.raises(StartupError, match=r"plugin first.*plugin second"):
         build_registry(pm, AgentSources())
 
 
