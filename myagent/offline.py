@@ -47,6 +47,8 @@ _CJK_STOPS = sorted(
 _CJK_CUT = re.compile("|".join(map(re.escape, _CJK_STOPS)) + r"|[\s\W]")
 _WORD = re.compile(r"[A-Za-z][A-Za-z'’-]*")
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+_OPERATOR = re.compile(r"[+*/×÷^]")
+_ARITHMETIC = re.compile(r"[\d)]\s*(?:\*\*|[-+*/%^×÷])\s*[-\d(]")
 _TOKEN = re.compile(rf"[^\W{CJK}]+\s*|.\s*", re.S)
 _PUNCT = " \t\r\n.,!?;:。，！？；：、…\"'“”‘’（）()"
 
@@ -65,6 +67,7 @@ def keywords(text: str) -> set[str]:
     """Lower-cased latin words (3+ letters) and single CJK characters, minus common ones."""
     text = re.sub(r"([a-z])([A-Z])", r"\1 \2", text).replace("_", " ").lower()
     words = {w for w in _LATIN_WORD.findall(text) if len(w) >= 3 and w not in _COMMON_LATIN}
+    words |= set(_OPERATOR.findall(text))  # "12 * 7" matches a tool that mentions `*`
     return words | {c for c in _CJK_CHAR.findall(text) if c not in _COMMON_CJK}
 
 
@@ -91,7 +94,9 @@ def derive_arguments(parameters: dict[str, Any], text: str) -> dict[str, Any]:
     args: dict[str, Any] = {}
     for name, schema in properties.items():
         if name in required:
-            args[name] = value_for(schema if isinstance(schema, dict) else {}, text)
+            # Parameters sharing choices (from_unit/to_unit) take different mentions.
+            taken = {v for v in args.values() if isinstance(v, str)}
+            args[name] = value_for(schema if isinstance(schema, dict) else {}, text, taken)
         elif isinstance(schema, dict) and "default" in schema:
             args[name] = schema["default"]
     for name in required:
@@ -99,8 +104,9 @@ def derive_arguments(parameters: dict[str, Any], text: str) -> dict[str, Any]:
     return args
 
 
-def value_for(schema: dict[str, Any], text: str) -> Any:
-    """One parameter's value from the text, by its declared type."""
+def value_for(schema: dict[str, Any], text: str, taken: set[str] = frozenset()) -> Any:
+    """One parameter's value from the text, by its declared type; string choices already
+    `taken` by another parameter are passed over."""
     kind = schema.get("type", "string")
     if isinstance(kind, list):
         kind = next((k for k in kind if k != "null"), "string")
@@ -116,28 +122,32 @@ def value_for(schema: dict[str, Any], text: str) -> Any:
     if kind in ("array", "object"):
         return schema.get("default", [] if kind == "array" else {})
     choices = [c for c in (enum or []) + (schema.get("examples") or []) if isinstance(c, str)]
-    mentioned = mention(choices, text)
+    mentioned = mention(choices, text, taken)
     if mentioned is not None:
         return mentioned
     if enum:
         return schema.get("default", enum[0])
+    if _ARITHMETIC.search(text):  # an expression: keep all of it, closing bracket included
+        return text.strip().rstrip("?？!！。.,，:：")
     return proper_noun(text) or cjk_subject(text) or trimmed(text)
 
 
-def mention(choices: list[str], text: str) -> str | None:
-    """The longest choice the text mentions (latin ones as whole words, any case)."""
+def mention(choices: list[str], text: str, taken: set[str] = frozenset()) -> str | None:
+    """The longest choice the text mentions, the earliest among equals (latin ones as whole
+    words, any case), skipping those in `taken`."""
     found = []
     lowered = text.lower()
     for choice in choices:
-        if not choice:
+        if not choice or choice in taken:
             continue
         if is_chinese(choice):
-            hit = choice in text
+            at = text.find(choice)
         else:
             hit = re.search(rf"(?<![A-Za-z]){re.escape(choice.lower())}(?![A-Za-z])", lowered)
-        if hit:
-            found.append(choice)
-    return max(found, key=len) if found else None
+            at = hit.start() if hit else -1
+        if at >= 0:
+            found.append((-len(choice), at, choice))
+    return min(found)[2] if found else None
 
 
 def proper_noun(text: str) -> str | None:

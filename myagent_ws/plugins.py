@@ -92,18 +92,29 @@ def build_registry(
     sources: AgentSources,
     say: Callable[[str], Any] = lambda _line: None,
 ) -> AgentRegistry:
-    """Load files and plugins into `pm`, then collect every agent into one registry."""
+    """Load files and plugins into `pm` and collect their agents into one registry, in the
+    order they were given; plugins registered on `pm` beforehand (tests, embedders) last."""
     registry = AgentRegistry()
+    earlier = set(pm.get_plugins())
+    handled = set(earlier)
+
+    def add_hook_agents() -> None:
+        new = set(pm.get_plugins()) - handled
+        handled.update(new)
+        _add_all(registry, hook_agents(pm, new), say)
+
     for path in sources.files:
         say(f"🔍 Loading agent file: {path}")
         module = load_module(path)
         if _register_hooks(pm, module, f"file:{path}"):
             _add_all(registry, agents_in_module(module, path), say)
+        add_hook_agents()
     names = [p.name for p in installed_plugins()] if sources.all_plugins else []
     for name in dict.fromkeys([*names, *sources.plugins]):
         say(f"🔌 Loading plugin: {name}")
         _add_all(registry, load_plugin(pm, name), say)
-    _add_all(registry, hook_agents(pm), say)
+        add_hook_agents()
+    _add_all(registry, hook_agents(pm, earlier), say)
     if not registry:
         raise StartupError(
             "No agents to serve: give an agent file (myagent-ws server agent.py) or a plugin "
@@ -143,10 +154,13 @@ def load_plugin(pm: pluggy.PluginManager, name: str) -> list[Any]:
     raise StartupError(f"No plugin named {name!r}. Installed plugins: {known}.")
 
 
-def hook_agents(pm: pluggy.PluginManager) -> list[Any]:
-    """Agents that plugins contribute through register_agents, labelled with their plugin."""
+def hook_agents(pm: pluggy.PluginManager, plugins: set[Any]) -> list[Any]:
+    """Agents that these plugins contribute through register_agents, in registration order,
+    each labelled with its plugin."""
     specs: list[Any] = []
-    for impl in pm.hook.register_agents.get_hookimpls():  # in registration order
+    for impl in pm.hook.register_agents.get_hookimpls():
+        if impl.plugin not in plugins:
+            continue
         plugin = pm.get_name(impl.plugin) or repr(impl.plugin)
         source = f"plugin {plugin}"
 

@@ -72,7 +72,7 @@ async def test_three_sessions_on_one_connection_pick_agents_by_name_concurrently
 ):
     client = await connect(mixed_server)
     asks = {
-        "greeter": "Hello, I am Ada",
+        "greeter": "你好，我是 Ada",
         "weather-assistant": "北京今天天气怎么样？",
         "calculator": "What is 12 * (3 + 4)?",
     }
