@@ -9,7 +9,7 @@ from dataclasses import dataclass
 class Settings:
     """Server settings; the CLI fills them from flags and tests build them directly."""
 
-    host: str = "127.0.0.1"
+    host: str = "localhost"
     port: int = 8080
     # Serve /health, /ready and /metrics on this port too (e.g. for a private network).
     health_port: int | None = None
