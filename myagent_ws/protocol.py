@@ -14,8 +14,6 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
-from referencing import Registry
-from referencing.jsonschema import DRAFT202012
 
 PROTOCOL_VERSION = 1
 
@@ -66,6 +64,29 @@ class ProtocolError(Exception):
         )
 
 
+def _bundled(schema: dict, schemas: dict[str, dict]) -> dict:
+    """`schema` with every reference to another schema file ("envelope.json",
+    "envelope.json#/$defs/error_code") replaced by the referenced content."""
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, list):
+            return [walk(item) for item in node]
+        if not isinstance(node, dict):
+            return node
+        ref = node.get("$ref")
+        if not isinstance(ref, str) or ref.startswith("#"):
+            return {key: walk(value) for key, value in node.items()}
+        target, _, pointer = ref.partition("#")
+        resolved: Any = schemas[target.removesuffix(".json")]
+        for part in filter(None, pointer.split("/")):
+            resolved = resolved[part]
+        inlined = walk({k: v for k, v in resolved.items() if k not in ("$id", "$schema")})
+        rest = {key: walk(value) for key, value in node.items() if key != "$ref"}
+        return {"allOf": [inlined], **rest} if rest else inlined
+
+    return walk(schema)
+
+
 class Protocol:
     """Compiled once at start-up; decode() is the hot path."""
 
@@ -74,12 +95,10 @@ class Protocol:
         self.schemas: dict[str, dict] = load_schemas()
         for schema in self.schemas.values():
             Draft202012Validator.check_schema(schema)
-        # No retrieve function: an unknown $ref fails loudly instead of being fetched.
-        registry: Registry = Registry().with_resources(
-            (s["$id"], DRAFT202012.create_resource(s)) for s in self.schemas.values()
-        )
+        # References between files are inlined once here, so validating a frame resolves
+        # none (resolution per frame cost more than the validation itself).
         self._validators = {
-            name: Draft202012Validator(schema, registry=registry, format_checker=None)
+            name: Draft202012Validator(_bundled(schema, self.schemas), format_checker=None)
             for name, schema in self.schemas.items()
             if name != "envelope"
         }
