@@ -32,11 +32,11 @@ class WsClient:
         if "seq" in event:
             sid = event["session_id"]
             expected = self.last_seq.get(sid, 0) + 1
-            # A replay after reconnect may restart below; live events never skip.
-            if event["event"] != "agent.session_resumed" and event["seq"] >= expected:
-                assert event["seq"] == expected, f"seq gap: {event['seq']} after {expected - 1}"
+            assert event["seq"] == expected, (
+                f"seq gap or repeat: {event['seq']} after {expected - 1}"
+            )
             assert event["event_id"] == f"{sid}:{event['seq']}"
-            self.last_seq[sid] = max(self.last_seq.get(sid, 0), event["seq"])
+            self.last_seq[sid] = event["seq"]
         self.received.append(event)
         return event
 
@@ -52,6 +52,13 @@ class WsClient:
         event = await self.expect("system.error", timeout)
         assert event["metadata"]["code"] == code, event
         return event
+
+    async def reconnect(self, session_id: str, last_seq: int) -> None:
+        """Attach to a session, expecting its events from last_seq + 1 on."""
+        self.last_seq[session_id] = last_seq
+        await self.send(
+            {"event": "user.reconnect", "session_id": session_id, "content": {"last_seq": last_seq}}
+        )
 
     async def create_session(self, agent: str | None = None) -> str:
         message: dict[str, Any] = {"event": "user.create_session"}

@@ -273,12 +273,35 @@ async def test_reconnect_replays_missed_events(serve, connect):
     await first.ws.close()
     await asyncio.sleep(0.3)  # the turn finishes with nobody attached
     second = await connect(server)
-    await second.send({"event": "user.reconnect", "session_id": sid, "content": {"last_seq": 1}})
-    resumed = await second.expect("agent.session_resumed")
-    assert resumed["metadata"]["last_seq"] == 1 and resumed["metadata"]["replayed"] >= 3
-    replayed = [await second.recv() for _ in range(resumed["metadata"]["replayed"])]
+    await second.reconnect(sid, last_seq=1)
+    replayed = []
+    while (event := await second.recv())["event"] != "agent.session_resumed":
+        replayed.append(event)
     assert [e["seq"] for e in replayed] == list(range(2, 2 + len(replayed)))
     assert replayed[-1]["event"] == "agent.final_answer"
+    assert event["metadata"] == {"last_seq": 1, "replayed": len(replayed)}
+    assert event["seq"] == replayed[-1]["seq"] + 1
+    # Live events continue on the new connection.
+    assert (await second.turn(sid, "Tokyo again"))[-1]["event"] == "agent.final_answer"
+
+
+async def test_reconnect_mid_turn_continues_without_gap_or_repeat(serve, connect):
+    server = await serve(files=(), agents=(waiting_agent(),))
+    first = await connect(server)
+    sid = await first.create_session()
+    gate = key()
+    await first.send({"event": "user.message", "session_id": sid, "content": gate})
+    await first.expect("agent.thinking")  # seq 2; the tool call (3) may or may not be seen
+    await asyncio.wait_for(WaitTool.entered(gate).wait(), 5)
+    await first.ws.close()
+    second = await connect(server)
+    await second.reconnect(sid, last_seq=2)
+    tool_call = await second.recv()
+    assert (tool_call["event"], tool_call["seq"]) == ("agent.tool_call", 3)
+    assert (await second.recv())["event"] == "agent.session_resumed"
+    WaitTool.gate(gate).set()
+    events = await second.until_terminal(sid)
+    assert names(events)[0] == "agent.tool_result" and events[-1]["event"] == "agent.final_answer"
 
 
 async def test_shutdown_ends_sessions_and_interrupts_turns(serve, connect):
