@@ -1,0 +1,455 @@
+/**
+ * myagent-client.js: a browser client for the myagent-ws WebSocket protocol (v1).
+ *
+ * A plain ES module with no dependencies and no build step. Import it from any page:
+ *
+ *     import { MyAgentClient } from "/static/myagent-client.js";
+ *
+ *     const client = new MyAgentClient();              // ws(s)://<this page's host>/
+ *     client.on("agent.partial_answer", (ev) => show(ev.session_id, ev.content));
+ *     client.on("state", ({ state }) => badge(state));
+ *     await client.connect();
+ *     const sid = await client.createSession("weather-assistant");
+ *     client.send(sid, "北京今天天气怎么样？");
+ *
+ * Constructor options (all optional):
+ *   url            WebSocket URL. Default: the page's own origin, ws: or wss:, path "/".
+ *   token          Sent as the `?token=` query parameter (servers with auth).
+ *   reconnect      Reconnect after an unexpected close (default true).
+ *   backoff        {initialMs: 500, maxMs: 15000, factor: 2, jitter: 0.5}: the delay before
+ *                  retry n is min(maxMs, initialMs * factor^n), of which a random share up to
+ *                  `jitter` is taken off, so many clients do not retry in step.
+ *   maxAttempts    Give up (state "offline") after this many failed retries (default: never).
+ *   ackIntervalMs  At most one `user.ack` per session per this many ms (default 500).
+ *   requestTimeoutMs  createSession() / listAgents() reject after this long (default 15000).
+ *   onEvent        Called with every server event (a parsed object).
+ *   onStateChange  Called with {state, previous, attempt, delayMs} on every state change.
+ *   WebSocket      The WebSocket class to use (default: globalThis.WebSocket).
+ *
+ * Methods:
+ *   connect() -> Promise<metadata of system.connected>   (resolves when connected)
+ *   close()                                  stop; no more reconnects; state "offline"
+ *   retryNow()                               skip the backoff wait and reconnect now
+ *   createSession(agentName?) -> Promise<session id>   rejects with an Error carrying
+ *                                            `.code` (e.g. "agent_required") on system.error
+ *   listAgents() -> Promise<[{name, description, tools}]>
+ *   send(sessionId, text)                    user.message: run one agent turn
+ *   cancel(sessionId)                        user.cancel: stop the running turn
+ *   respond(sessionId, stepId, approved, feedback?)   user.response to agent.user_confirm
+ *   endSession(sessionId)                    user.end_session
+ *   on(type, fn) -> unsubscribe function     fn(detail); see "Events" below
+ *   lastSeq(sessionId) -> highest seq received for the session (0 if none)
+ * The fire-and-forget methods (send, cancel, respond, endSession) throw an Error with
+ * code "not_connected" when the socket is not connected; the promise methods reject.
+ *
+ * Properties: state ("idle" | "connecting" | "connected" | "reconnecting" | "offline"),
+ * info (metadata of the last system.connected), agents (names from system.connected),
+ * agentDetails (the last system.agents content), sessions (Map id -> {id, agent, lastSeq}).
+ *
+ * Events (the client is an EventTarget; listeners get a CustomEvent whose `detail` is the
+ * payload, `on()` passes the payload directly):
+ *   "event"            every server event, once, in order
+ *   "<event name>"     the same, by name, e.g. "agent.final_answer", "system.error"
+ *   "state"            {state, previous, attempt, delayMs}
+ *   "frame-error"      {error, data}: a frame that was not JSON (should never happen)
+ *
+ * Reconnecting: after an unexpected close the client waits (backoff above), opens a new
+ * socket and, once `system.connected` arrives, sends `user.reconnect` with
+ * `content.last_seq` for every session it knows. The server replays the events the client
+ * missed, in order, then answers `agent.session_resumed`. Every session event
+ * carries a per-session `seq`; the client keeps the highest one seen per session and drops
+ * any event with a seq at or below it, so a replay never delivers an event twice. It
+ * acknowledges what it has with `user.ack` (`content.last_seq`) at most every
+ * `ackIntervalMs`, so the server can trim its replay buffer. A session the server no longer
+ * knows (`system.error` code "session_not_found") or that ended (`agent.session_end`) is
+ * forgotten.
+ */
+
+const DEFAULT_BACKOFF = { initialMs: 500, maxMs: 15000, factor: 2, jitter: 0.5 };
+
+/** The events that end a turn: exactly one of them closes every turn. */
+export const TERMINAL_EVENTS = Object.freeze([
+  "agent.final_answer",
+  "agent.error",
+  "agent.timeout",
+  "agent.interrupted",
+]);
+
+/** Codes of a system.error that answers a user.create_session. */
+const CREATE_ERRORS = new Set([
+  "agent_not_found",
+  "agent_required",
+  "too_many_sessions",
+  "rate_limited",
+  "forbidden",
+  "internal_error",
+]);
+
+/** ws(s)://host/ of a page location (the server serves the console and the socket at /). */
+export function defaultUrl(location = globalThis.location) {
+  if (!location || !/^https?:$/.test(location.protocol)) return "ws://localhost:8080/";
+  return `${location.protocol === "https:" ? "wss:" : "ws:"}//${location.host}/`;
+}
+
+function problem(message, code, event) {
+  const error = new Error(message);
+  error.code = code;
+  if (event) error.event = event;
+  return error;
+}
+
+export class MyAgentClient extends EventTarget {
+  constructor(options = {}) {
+    super();
+    this.url = options.url ?? defaultUrl();
+    if (options.token) {
+      const url = new URL(this.url);
+      url.searchParams.set("token", options.token);
+      this.url = url.href;
+    }
+    this.reconnect = options.reconnect ?? true;
+    this.backoff = { ...DEFAULT_BACKOFF, ...(options.backoff || {}) };
+    this.maxAttempts = options.maxAttempts ?? Infinity;
+    this.ackIntervalMs = options.ackIntervalMs ?? 500;
+    this.requestTimeoutMs = options.requestTimeoutMs ?? 15000;
+    this.onEvent = options.onEvent ?? null;
+    this.onStateChange = options.onStateChange ?? null;
+    this.WebSocket = options.WebSocket ?? globalThis.WebSocket;
+
+    this.state = "idle";
+    this.info = null;
+    this.agents = [];
+    this.agentDetails = null;
+    this.sessions = new Map();
+
+    this._ws = null;
+    this._wanted = false; // connect() was called and close() was not
+    this._fatal = false; // the server refused us (unauthorized): do not retry
+    this._attempt = 0;
+    this._retryTimer = null;
+    this._ackTimer = null;
+    this._waiters = []; // connect() promises
+    this._creates = []; // pending createSession() requests, in order
+    this._lists = []; // pending listAgents() requests
+    this._onOnline = () => this.retryNow();
+  }
+
+  // -- connection ---------------------------------------------------------------------
+
+  connect() {
+    this._wanted = true;
+    this._fatal = false;
+    if (this.state === "connected") return Promise.resolve(this.info);
+    const waiting = new Promise((resolve, reject) => this._waiters.push({ resolve, reject }));
+    if (!this._ws && !this._retryTimer) {
+      this._attempt = 0;
+      this._open();
+    }
+    globalThis.addEventListener?.("online", this._onOnline);
+    return waiting;
+  }
+
+  close() {
+    this._wanted = false;
+    this._clearRetry();
+    globalThis.removeEventListener?.("online", this._onOnline);
+    const ws = this._ws;
+    this._ws = null;
+    if (ws) {
+      this._flushAcks();
+      ws.onopen = ws.onmessage = ws.onerror = ws.onclose = null;
+      ws.close(1000, "client closed");
+    }
+    this._failPending(problem("The client was closed.", "closed"));
+    for (const waiter of this._waiters.splice(0)) waiter.reject(problem("Closed.", "closed"));
+    this._setState("offline");
+  }
+
+  retryNow() {
+    if (!this._wanted || this._ws || this._fatal) return;
+    this._clearRetry();
+    this._open();
+  }
+
+  _open() {
+    this._setState(this._attempt === 0 && this.state !== "reconnecting" ? "connecting" : "reconnecting");
+    let ws;
+    try {
+      ws = new this.WebSocket(this.url);
+    } catch (error) {
+      this._scheduleRetry(error);
+      return;
+    }
+    this._ws = ws;
+    ws.onmessage = (message) => this._onFrame(message.data);
+    ws.onclose = (event) => {
+      if (this._ws !== ws) return;
+      this._ws = null;
+      this._stopAcks();
+      this._failPending(problem("The connection closed.", "connection_closed"));
+      this._scheduleRetry(event);
+    };
+    ws.onerror = () => {}; // a close event always follows
+  }
+
+  _scheduleRetry() {
+    if (!this._wanted || this._fatal || !this.reconnect || this._attempt >= this.maxAttempts) {
+      for (const waiter of this._waiters.splice(0)) {
+        waiter.reject(problem("Could not connect to the server.", "offline"));
+      }
+      this._setState("offline");
+      return;
+    }
+    if (globalThis.navigator && globalThis.navigator.onLine === false) {
+      this._setState("offline"); // the "online" event calls retryNow()
+      return;
+    }
+    const { initialMs, maxMs, factor, jitter } = this.backoff;
+    const ceiling = Math.min(maxMs, initialMs * factor ** this._attempt);
+    const delayMs = Math.round(ceiling * (1 - jitter * Math.random()));
+    this._attempt += 1;
+    this._setState("reconnecting", { delayMs });
+    this._retryTimer = setTimeout(() => {
+      this._retryTimer = null;
+      this._open();
+    }, delayMs);
+  }
+
+  _clearRetry() {
+    if (this._retryTimer) clearTimeout(this._retryTimer);
+    this._retryTimer = null;
+  }
+
+  _setState(state, extra = {}) {
+    const previous = this.state;
+    if (state === previous && extra.delayMs === undefined) return;
+    this.state = state;
+    const detail = { state, previous, attempt: this._attempt, ...extra };
+    try {
+      this.onStateChange?.(detail);
+    } catch (error) {
+      globalThis.reportError ? globalThis.reportError(error) : console.error(error);
+    }
+    this.dispatchEvent(new CustomEvent("state", { detail }));
+  }
+
+  // -- inbound --------------------------------------------------------------------------
+
+  _onFrame(data) {
+    let event;
+    try {
+      event = JSON.parse(data);
+      if (!event || typeof event.event !== "string") throw new Error("no event name");
+    } catch (error) {
+      this.dispatchEvent(new CustomEvent("frame-error", { detail: { error, data } }));
+      return;
+    }
+    if (event.event === "system.connected") {
+      this._onConnected(event);
+      return;
+    }
+    const sid = event.session_id;
+    if (sid && Number.isInteger(event.seq) && !this._accept(sid, event)) return;
+    this._deliver(event);
+    this._afterDelivery(event);
+  }
+
+  _onConnected(event) {
+    const wasReconnect = this._attempt > 0 || this.sessions.size > 0;
+    this.info = event.metadata || {};
+    this.agents = Array.isArray(this.info.agents) ? this.info.agents : [];
+    this._attempt = 0;
+    // Re-attach before anyone can send: frames are handled in order by the server.
+    for (const session of this.sessions.values()) {
+      this._send({
+        event: "user.reconnect",
+        session_id: session.id,
+        content: { last_seq: session.lastSeq },
+      });
+    }
+    this._setState("connected", { reconnected: wasReconnect });
+    this._scheduleAck(); // anything received but not acknowledged before the drop
+    this._deliver(event);
+    for (const waiter of this._waiters.splice(0)) waiter.resolve(this.info);
+  }
+
+  /** Seq bookkeeping for one session event; false drops it (a duplicate). */
+  _accept(sid, event) {
+    let session = this.sessions.get(sid);
+    if (!session) {
+      if (event.event !== "agent.session_created") return true; // not ours to track
+      session = { id: sid, agent: event.content?.agent ?? event.metadata?.agent, lastSeq: 0, ackedSeq: 0 };
+      this.sessions.set(sid, session);
+    }
+    // The server replays missed events in seq order before agent.session_resumed, so
+    // anything at or below the highest seq seen is a duplicate.
+    if (event.seq <= session.lastSeq) return false;
+    session.lastSeq = event.seq;
+    this._scheduleAck();
+    return true;
+  }
+
+  _deliver(event) {
+    try {
+      this.onEvent?.(event);
+    } catch (error) {
+      globalThis.reportError ? globalThis.reportError(error) : console.error(error);
+    }
+    // Listener errors are reported by dispatchEvent itself and never stop the client.
+    this.dispatchEvent(new CustomEvent("event", { detail: event }));
+    this.dispatchEvent(new CustomEvent(event.event, { detail: event }));
+  }
+
+  _afterDelivery(event) {
+    const sid = event.session_id;
+    const code = event.metadata?.code;
+    switch (event.event) {
+      case "agent.session_created":
+        // Replies come in request order; a replayed one was dropped as a duplicate.
+        if (this._creates.length) this._settle(this._creates, (p) => p.resolve(sid));
+        break;
+      case "system.agents":
+        this.agentDetails = Array.isArray(event.content) ? event.content : [];
+        for (const pending of this._lists.splice(0)) pending.resolve(this.agentDetails);
+        this._clearTimers(this._lists);
+        break;
+      case "agent.session_end":
+        this.sessions.delete(sid);
+        break;
+      case "system.error":
+        if (code === "unauthorized") this._fatal = true;
+        if (sid && code === "session_not_found") this.sessions.delete(sid);
+        if (!sid && CREATE_ERRORS.has(code) && this._creates.length) {
+          this._settle(this._creates, (p) =>
+            p.reject(problem(String(event.content ?? "The session was not created."), code, event)),
+          );
+        }
+        break;
+      default:
+    }
+  }
+
+  // -- acks -----------------------------------------------------------------------------
+
+  _scheduleAck() {
+    if (this._ackTimer || this.state !== "connected") return;
+    this._ackTimer = setTimeout(() => {
+      this._ackTimer = null;
+      this._flushAcks();
+    }, this.ackIntervalMs);
+  }
+
+  _flushAcks() {
+    for (const session of this.sessions.values()) {
+      if (session.lastSeq > session.ackedSeq && this._isOpen()) {
+        this._send({ event: "user.ack", session_id: session.id, content: { last_seq: session.lastSeq } });
+        session.ackedSeq = session.lastSeq;
+      }
+    }
+  }
+
+  _stopAcks() {
+    if (this._ackTimer) clearTimeout(this._ackTimer);
+    this._ackTimer = null;
+  }
+
+  // -- outbound -------------------------------------------------------------------------
+
+  _isOpen() {
+    return !!this._ws && this._ws.readyState === 1;
+  }
+
+  _send(frame) {
+    if (!this._isOpen()) {
+      throw problem("Not connected to the server; wait for the connection to come back.", "not_connected");
+    }
+    this._ws.send(JSON.stringify({ ...frame, timestamp: new Date().toISOString() }));
+  }
+
+  _sendConnected(frame) {
+    if (this.state !== "connected") {
+      throw problem("Not connected to the server; wait for the connection to come back.", "not_connected");
+    }
+    this._send(frame);
+  }
+
+  _request(queue, frame, what) {
+    return new Promise((resolve, reject) => {
+      const pending = { resolve, reject };
+      pending.timer = setTimeout(() => {
+        const index = queue.indexOf(pending);
+        if (index >= 0) queue.splice(index, 1);
+        reject(problem(`The server did not answer ${what} in time.`, "timeout"));
+      }, this.requestTimeoutMs);
+      try {
+        this._sendConnected(frame);
+      } catch (error) {
+        clearTimeout(pending.timer);
+        reject(error);
+        return;
+      }
+      queue.push(pending);
+    });
+  }
+
+  _settle(queue, action) {
+    const pending = queue.shift();
+    clearTimeout(pending.timer);
+    action(pending);
+  }
+
+  _clearTimers(list) {
+    for (const pending of list) clearTimeout(pending.timer);
+  }
+
+  _failPending(error) {
+    for (const queue of [this._creates, this._lists]) {
+      for (const pending of queue.splice(0)) {
+        clearTimeout(pending.timer);
+        pending.reject(error);
+      }
+    }
+  }
+
+  createSession(agentName) {
+    const frame = { event: "user.create_session" };
+    if (agentName) frame.content = { agent: agentName };
+    return this._request(this._creates, frame, "user.create_session");
+  }
+
+  listAgents() {
+    return this._request(this._lists, { event: "user.list_agents" }, "user.list_agents");
+  }
+
+  send(sessionId, text) {
+    this._sendConnected({ event: "user.message", session_id: sessionId, content: String(text) });
+  }
+
+  cancel(sessionId) {
+    this._sendConnected({ event: "user.cancel", session_id: sessionId });
+  }
+
+  respond(sessionId, stepId, approved, feedback) {
+    const content = { approved: Boolean(approved) };
+    if (feedback !== undefined && feedback !== null && feedback !== "") content.feedback = String(feedback);
+    this._sendConnected({ event: "user.response", session_id: sessionId, step_id: stepId, content });
+  }
+
+  endSession(sessionId) {
+    this._sendConnected({ event: "user.end_session", session_id: sessionId });
+  }
+
+  // -- helpers --------------------------------------------------------------------------
+
+  on(type, fn) {
+    const listener = (event) => fn(event.detail);
+    this.addEventListener(type, listener);
+    return () => this.removeEventListener(type, listener);
+  }
+
+  lastSeq(sessionId) {
+    return this.sessions.get(sessionId)?.lastSeq ?? 0;
+  }
+}
+
+export default MyAgentClient;
