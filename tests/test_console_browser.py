@@ -202,6 +202,25 @@ async def test_seed_javascript_snippet_runs_verbatim_in_the_page(serve: Any) -> 
     assert problems == []
 
 
+async def test_readme_javascript_client_example_runs_in_the_page(serve: Any) -> None:
+    """The README's MyAgentClient example, as a module script, against a real server."""
+    server = await serve()
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```javascript\n(.*?)```", readme, flags=re.S)
+    example = next(b for b in blocks if "MyAgentClient" in b).replace("8080", str(server.port))
+    prelude = (
+        "window.streamed = []; window.answers = [];\n"
+        "const render = (sid, text) => window.streamed.push(text);\n"
+        "const done = (sid, text) => window.answers.push(text);\n"
+    )
+    async with browser(server) as (page, problems):
+        await page.add_script_tag(content=prelude + example, type="module")
+        await page.wait_for_function("window.answers?.length === 1", timeout=15_000)
+        streamed, answers = await page.evaluate("[window.streamed, window.answers]")
+    assert "".join(streamed) == answers[0] and "北京" in answers[0]
+    assert problems == []
+
+
 UNSAFE = (
     '**bold** text with <img src=x onerror="window.pwned=1"> and `code <b>`\n\n'
     "- one\n- two\n\n"
