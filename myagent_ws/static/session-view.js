@@ -1,0 +1,305 @@
+// One session: its tab in the sidebar and its panel (header, transcript, composer), the
+// composer's controls and actions, and the session's server events, dispatched to the
+// transcript. Each turn's contents are drawn by turn-view.js.
+
+import { TERMINAL_EVENTS } from "./myagent-client.js";
+import { alertBox, asText, errorDetails, h, shortId } from "./dom.js";
+import { TurnView } from "./turn-view.js";
+
+const TERMINAL = new Set(TERMINAL_EVENTS);
+
+/**
+ * app is what the page gives each session view: client, confirms (a ConfirmDialog),
+ * connected(), log(kind, title, code, content, extra), isActive(id), activate(id),
+ * remove(view) and mount(view), which puts the tab and panel on the page.
+ */
+export class SessionView {
+  constructor(id, agentName, app) {
+    this.app = app;
+    this.id = id;
+    this.agent = agentName || "agent";
+    this.busy = false;
+    this.ended = false;
+    this.turn = null; // the running TurnView
+    this.renderPending = false;
+
+    this.tabButton = h(
+      "button",
+      {
+        type: "button",
+        role: "tab",
+        class: "session-tab",
+        testid: "session-tab",
+        "data-session-id": id,
+        "aria-selected": "false",
+        onclick: () => app.activate(id),
+      },
+      h("span", { class: "tab-dot", "aria-hidden": "true" }),
+      h("span", { class: "tab-name", text: this.agent }),
+      h("span", { class: "tab-id", text: shortId(id) }),
+    );
+    this.tab = h("li", { role: "presentation" }, this.tabButton);
+
+    this.offlineBadge = h("span", {
+      class: "badge badge-offline",
+      testid: "offline-badge",
+      title: "No LLM is configured: the server answers with its built-in offline model.",
+      text: "offline model",
+      hidden: true,
+    });
+    this.modelLabel = h("span", { class: "model-label muted small", testid: "model-label" });
+    this.endButton = h("button", {
+      type: "button",
+      class: "button ghost small",
+      testid: "end-session",
+      text: "End session",
+      onclick: () => this.endOrClose(),
+    });
+    this.transcript = h("div", { class: "transcript", testid: "transcript", role: "log", "aria-live": "polite" });
+    this.input = h("textarea", {
+      rows: 1,
+      testid: "composer",
+      "aria-label": `Message to ${this.agent}`,
+      placeholder: `Message ${this.agent}…`,
+      title: "Enter sends · Shift+Enter adds a line",
+      onkeydown: (e) => {
+        if (e.key === "Enter" && !e.shiftKey && !e.isComposing && e.keyCode !== 229) {
+          e.preventDefault();
+          this.submit();
+        }
+      },
+      oninput: () => this.autosize(),
+    });
+    this.sendButton = h("button", { type: "submit", class: "button primary", testid: "send", text: "Send" });
+    this.cancelButton = h("button", {
+      type: "button",
+      class: "button danger-outline",
+      testid: "cancel",
+      text: "Cancel",
+      hidden: true,
+      onclick: () => this.cancel(),
+    });
+    this.form = h(
+      "form",
+      { class: "composer", onsubmit: (e) => (e.preventDefault(), this.submit()) },
+      h(
+        "div",
+        { class: "composer-field" },
+        this.input,
+        h("div", { class: "composer-hint muted", text: "Enter sends · Shift+Enter adds a line" }),
+      ),
+      h("div", { class: "composer-actions" }, this.cancelButton, this.sendButton),
+    );
+    this.panel = h(
+      "section",
+      { class: "panel", testid: "session-panel", "data-session-id": id, role: "tabpanel", hidden: true },
+      h(
+        "header",
+        { class: "panel-head" },
+        h("div", { class: "panel-title" }, h("h2", { text: this.agent }), this.offlineBadge, this.modelLabel),
+        h("div", { class: "panel-meta" }, h("code", { class: "sid", title: "session id", text: id }), this.endButton),
+      ),
+      this.transcript,
+      this.form,
+    );
+    app.mount(this);
+  }
+
+  created(event) {
+    const llm = event.metadata?.llm || {};
+    this.offlineBadge.hidden = llm.offline !== true;
+    const model = [llm.provider, llm.model].filter(Boolean).join(" · ");
+    this.modelLabel.textContent = model && llm.offline !== true ? model : "";
+    this.note(`Session started with ${this.agent}.`, "start");
+  }
+
+  // -- transcript helpers
+
+  append(...nodes) {
+    const t = this.transcript;
+    const stick = t.scrollHeight - t.scrollTop - t.clientHeight < 120;
+    t.append(...nodes);
+    if (stick) t.scrollTop = t.scrollHeight;
+    this.markUnread();
+  }
+
+  scrollIfNear() {
+    const t = this.transcript;
+    if (t.scrollHeight - t.scrollTop - t.clientHeight < 200) t.scrollTop = t.scrollHeight;
+  }
+
+  markUnread() {
+    if (!this.app.isActive(this.id)) this.tabButton.dataset.unread = "true";
+  }
+
+  note(text, kind = "") {
+    this.append(h("div", { class: `note ${kind}`, testid: "notice", text }));
+  }
+
+  /** The running turn's view; one is made for events that arrive without a user message. */
+  ensureTurn() {
+    if (!this.turn) {
+      this.turn = new TurnView(this);
+      this.append(this.turn.body);
+      this.setBusy(true);
+    }
+    return this.turn;
+  }
+
+  place(node) {
+    return this.ensureTurn().place(node);
+  }
+
+  setBusy(busy) {
+    this.busy = busy;
+    this.tabButton.dataset.busy = String(busy);
+    this.panel.dataset.busy = String(busy);
+    this.updateControls();
+  }
+
+  updateControls() {
+    const connected = this.app.connected();
+    const live = connected && !this.ended;
+    this.sendButton.disabled = !live || this.busy;
+    this.cancelButton.hidden = !this.busy || this.ended;
+    this.cancelButton.disabled = !live;
+    this.input.disabled = this.ended;
+    this.endButton.textContent = this.ended ? "Close" : "End session";
+    this.endButton.disabled = !this.ended && !connected;
+  }
+
+  autosize() {
+    this.input.style.height = "auto";
+    this.input.style.height = `${Math.min(this.input.scrollHeight, 220)}px`;
+  }
+
+  // -- user actions
+
+  submit() {
+    const text = this.input.value;
+    if (!text.trim() || this.busy || this.ended || !this.app.connected()) return;
+    try {
+      this.app.client.send(this.id, text);
+    } catch (error) {
+      this.app.log("error", "Not sent", error.code, error.message);
+      return;
+    }
+    this.input.value = "";
+    this.autosize();
+    this.turn = null;
+    this.append(h("div", { class: "msg-user", testid: "user-message" }, h("div", { class: "bubble", text })));
+    this.ensureTurn().started = false; // until the server's first event for it
+  }
+
+  cancel() {
+    try {
+      this.app.client.cancel(this.id);
+      this.cancelButton.disabled = true;
+      this.cancelButton.textContent = "Cancelling…";
+    } catch (error) {
+      this.app.log("error", "Could not cancel", error.code, error.message);
+    }
+  }
+
+  endOrClose() {
+    if (this.ended) {
+      this.app.remove(this);
+      return;
+    }
+    try {
+      this.app.client.endSession(this.id);
+      this.endButton.disabled = true;
+    } catch (error) {
+      this.app.log("error", "Could not end the session", error.code, error.message);
+    }
+  }
+
+  // -- server events
+
+  handle(event) {
+    const meta = event.metadata || {};
+    if (this.turn && event.event.startsWith("agent.")) this.turn.started = true;
+    switch (event.event) {
+      case "agent.thinking":
+        this.ensureTurn().showThinking(meta.step);
+        break;
+      case "agent.tool_call":
+        this.ensureTurn().toolCall(event, meta);
+        break;
+      case "agent.tool_result":
+        this.ensureTurn().toolResult(event, meta);
+        break;
+      case "agent.partial_answer":
+        this.partial(asText(event.content));
+        break;
+      case "agent.final_answer":
+        this.ensureTurn().final(asText(event.content));
+        break;
+      case "agent.user_confirm":
+        this.ensureTurn().confirm(event, meta, this.app.confirms);
+        break;
+      case "agent.error":
+        this.place(alertBox("The turn failed", meta.code, event.content, errorDetails(event)));
+        break;
+      case "agent.timeout":
+        this.place(
+          alertBox("The turn timed out", "timeout", event.content, meta.timeout_s ? `limit ${meta.timeout_s} s` : ""),
+        );
+        break;
+      case "agent.interrupted":
+        this.ensureTurn().interrupted(event.content);
+        break;
+      case "agent.session_resumed": {
+        const n = meta.replayed ?? 0;
+        this.note(n ? `Reconnected; ${n} missed event${n === 1 ? "" : "s"} replayed.` : "Reconnected.", "quiet");
+        break;
+      }
+      case "agent.session_end":
+        this.finishTurn();
+        this.ended = true;
+        this.tabButton.dataset.ended = "true";
+        this.app.confirms.drop(this.id);
+        this.note(asText(event.content) || "Session ended.", "end");
+        this.updateControls();
+        break;
+      case "system.error":
+        this.append(alertBox("Request rejected", meta.code, event.content, errorDetails(event)));
+        // A refused user.message never started a turn; a turn that is streaming goes on.
+        if (this.turn && !this.turn.started) this.finishTurn();
+        if (meta.code === "session_not_found") {
+          this.finishTurn();
+          this.ended = true;
+          this.tabButton.dataset.ended = "true";
+          this.updateControls();
+        }
+        break;
+      case "system.notice":
+        this.note(asText(event.content), "quiet");
+        break;
+      default:
+        break;
+    }
+    if (TERMINAL.has(event.event)) this.finishTurn();
+  }
+
+  /** Streamed answer text, drawn at most once a frame. */
+  partial(delta) {
+    this.ensureTurn().addToAnswer(delta);
+    if (this.renderPending) return;
+    this.renderPending = true;
+    requestAnimationFrame(() => {
+      this.renderPending = false;
+      this.turn?.renderStreaming();
+    });
+  }
+
+  finishTurn() {
+    if (this.turn) {
+      this.turn.finish();
+      this.turn = null;
+    }
+    this.app.confirms.drop(this.id, true);
+    this.cancelButton.textContent = "Cancel";
+    this.setBusy(false);
+  }
+}

@@ -1,0 +1,174 @@
+// One agent turn in a session's transcript: the thinking indicator, tool cards and their
+// results, confirmation cards, alerts and end markers, and the answer as it streams in and
+// settles. Agent text only reaches the page as text nodes or through markdown.js.
+
+import { renderMarkdown } from "./markdown.js";
+import { asText, formatDuration, formatJson, h } from "./dom.js";
+
+export class TurnView {
+  /** session: the SessionView whose transcript shows this turn. */
+  constructor(session) {
+    this.session = session;
+    this.thinking = h(
+      "div",
+      { class: "thinking", testid: "thinking", hidden: true },
+      h("span", { class: "dots", "aria-hidden": "true" }, h("i"), h("i"), h("i")),
+      h("span", { class: "thinking-label", text: "Thinking…" }),
+    );
+    this.body = h("div", { class: "agent-turn", testid: "turn" }, this.thinking);
+    this.cards = new Map(); // step id -> { card, status, duration, result }
+    this.answer = null; // { el, text } of the answer being written
+    this.started = true; // false while a sent message waits for the server's first event
+  }
+
+  /** Adds a node to the turn, above the thinking indicator. */
+  place(node) {
+    this.body.insertBefore(node, this.thinking);
+    this.session.scrollIfNear();
+    this.session.markUnread();
+    return node;
+  }
+
+  showThinking(step) {
+    this.thinking.hidden = false;
+    this.thinking.lastChild.textContent = step ? `Thinking… (step ${step})` : "Thinking…";
+    this.session.scrollIfNear();
+  }
+
+  // -- tool calls
+
+  toolCall(event, meta) {
+    this.thinking.hidden = true;
+    if (this.answer) {
+      // Text before a tool call was the model thinking aloud, not the answer.
+      this.answer.el.dataset.state = "interim";
+      this.answer = null;
+    }
+    const tool = meta.tool || asText(event.content).replace(/^Calling tool:\s*/, "") || "tool";
+    const status = h("span", { class: "tool-status", testid: "tool-status", text: "running…" });
+    const duration = h("span", { class: "tool-duration muted", testid: "tool-duration" });
+    const result = h("pre", { class: "tool-result", testid: "tool-result", hidden: true });
+    const card = h(
+      "details",
+      { class: "tool-card", testid: "tool-card", "data-tool": tool, "data-status": "running", open: true },
+      h(
+        "summary",
+        {},
+        h("span", { class: "tool-icon", "aria-hidden": "true", text: "⚙" }),
+        h("span", { class: "tool-name", testid: "tool-name", text: tool }),
+        status,
+        duration,
+      ),
+      h(
+        "div",
+        { class: "tool-body" },
+        h("div", { class: "label", text: "Arguments" }),
+        h("pre", { class: "json", testid: "tool-args", text: formatJson(meta.args) }),
+        h("div", { class: "label result-label", text: "Result", hidden: true }),
+        result,
+      ),
+    );
+    this.cards.set(event.step_id || meta.call_id || `${tool}-${this.cards.size}`, { card, status, duration, result });
+    this.place(card);
+  }
+
+  toolResult(event, meta) {
+    const key = event.step_id || meta.call_id;
+    let entry = this.cards.get(key);
+    if (!entry) {
+      this.toolCall({ step_id: key, content: "" }, { tool: meta.tool, args: {} });
+      entry = this.cards.get(key);
+    }
+    const ok = meta.status !== "error";
+    entry.card.dataset.status = ok ? "success" : "error";
+    entry.status.textContent = ok ? "done" : "error";
+    entry.duration.textContent = formatDuration(meta.duration_ms);
+    entry.result.textContent = asText(event.content);
+    entry.result.hidden = false;
+    entry.card.querySelector(".result-label").hidden = false;
+    this.session.scrollIfNear();
+  }
+
+  // -- the answer
+
+  answerBlock() {
+    this.thinking.hidden = true;
+    if (!this.answer) {
+      const el = h("div", { class: "answer md", testid: "answer", "data-state": "streaming" });
+      this.answer = { el, text: "" };
+      this.place(el);
+    }
+    return this.answer;
+  }
+
+  /** Adds streamed text; the session view schedules renderStreaming(). */
+  addToAnswer(delta) {
+    this.answerBlock().text += delta;
+  }
+
+  renderStreaming() {
+    const current = this.answer;
+    if (current && current.el.dataset.state === "streaming") {
+      current.el.replaceChildren(renderMarkdown(current.text));
+      this.session.scrollIfNear();
+    }
+  }
+
+  final(text) {
+    const answer = this.answerBlock();
+    answer.text = text;
+    answer.el.dataset.state = "final";
+    answer.el.replaceChildren(renderMarkdown(text));
+    this.session.scrollIfNear();
+  }
+
+  // -- confirmations and ends
+
+  /** A card for an agent.user_confirm, queued on confirms (a ConfirmDialog). */
+  confirm(event, meta, confirms) {
+    this.thinking.hidden = true;
+    const status = h("span", { class: "confirm-status", testid: "confirm-status", text: "waiting for your answer" });
+    const review = h("button", { type: "button", class: "button small", text: "Review", onclick: () => confirms.open(request) });
+    const card = h(
+      "div",
+      { class: "confirm-card", testid: "confirm-card", "data-step-id": event.step_id || "" },
+      h("div", { class: "confirm-line" }, h("strong", { text: `Approve ${meta.tool || "tool"}?` }), status, review),
+      event.content ? h("div", { class: "muted small", text: asText(event.content) }) : null,
+    );
+    const request = {
+      view: this.session,
+      stepId: event.step_id,
+      tool: meta.tool,
+      args: meta.args,
+      question: event.content,
+      card,
+      status,
+      review,
+    };
+    this.place(card);
+    confirms.queue(request);
+  }
+
+  interrupted(content) {
+    this.place(
+      h(
+        "div",
+        { class: "turn-end interrupted", testid: "interrupted" },
+        h("strong", { text: "Interrupted" }),
+        h("span", { text: asText(content) || "The turn was cancelled." }),
+      ),
+    );
+  }
+
+  /** The turn is over: drop the indicator, mark what was still running as cut short. */
+  finish() {
+    this.thinking.remove();
+    if (this.answer && this.answer.el.dataset.state === "streaming") this.answer.el.dataset.state = "cut";
+    for (const { card, status } of this.cards.values()) {
+      if (card.dataset.status === "running") {
+        card.dataset.status = "stopped";
+        status.textContent = "stopped";
+      }
+    }
+  }
+}
