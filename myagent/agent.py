@@ -223,21 +223,12 @@ def create_react_agent(
     tools: Sequence[BaseTool] = (),
     system_prompt: str = "",
     max_steps: int = 10,
-    description: str = "",
-    model: Model | None = None,
     **kwargs: Any,
 ) -> ReactAgent:
-    """Build a ReAct agent. With no `model`, one is taken from the environment at first
-    run (OPENAI_API_KEY / OPENAI_BASE_URL / MYAGENT_MODEL, else the offline model)."""
-    return ReactAgent(
-        name=name,
-        tools=tools,
-        system_prompt=system_prompt,
-        max_steps=max_steps,
-        description=description,
-        model=model,
-        **kwargs,
-    )
+    """Build a ReAct agent; other keywords (description, model, ...) go to ReactAgent.
+    With no `model`, one is taken from the environment at first run (OPENAI_API_KEY /
+    OPENAI_BASE_URL / MYAGENT_MODEL, else the offline model)."""
+    return ReactAgent(name, tools, system_prompt, max_steps, **kwargs)
 
 
 __all__ = ["ReactAgent", "create_react_agent"]

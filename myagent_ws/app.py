@@ -74,7 +74,7 @@ def create_app(
     hook = app[PLUGINS].hook
     hook.prepare_app(app=app, settings=settings)
     if hook.observe_event.get_hookimpls():
-        app[SESSIONS].observers.append(_observer(hook))
+        app[SESSIONS].observe = _observer(hook)
     return app
 
 

@@ -66,10 +66,6 @@ async def schema(request: web.Request) -> web.Response:
     return web.json_response(found)
 
 
-async def asyncapi(request: web.Request) -> web.Response:
-    return web.json_response(build_asyncapi(request.app[PROTOCOL].schemas, __version__))
-
-
 async def index(request: web.Request) -> web.Response:
     """The web console: a page that talks to this same URL over WebSocket."""
     context = {
@@ -90,6 +86,12 @@ def add_routes(app: web.Application) -> None:
     add_operator_routes(app)
     app.router.add_get("/agents", agents)
     app.router.add_get("/schemas/{name}.json", schema)
+    # The schemas are fixed at start-up, so the document is built once.
+    document = build_asyncapi(app[PROTOCOL].schemas, __version__)
+
+    async def asyncapi(request: web.Request) -> web.Response:
+        return web.json_response(document)
+
     app.router.add_get("/asyncapi.json", asyncapi)
 
 

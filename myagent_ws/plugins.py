@@ -40,18 +40,27 @@ def make_plugin_manager() -> pluggy.PluginManager:
 class InstalledPlugin:
     """An entry point in one of our groups, as packaging metadata describes it."""
 
-    name: str
-    group: str
-    value: str
-    distribution: str
-    version: str
+    entry_point: EntryPoint
 
-    @classmethod
-    def from_entry_point(cls, ep: EntryPoint) -> InstalledPlugin:
-        dist = ep.dist
-        return cls(
-            ep.name, ep.group, ep.value, dist.name if dist else "", dist.version if dist else ""
-        )
+    @property
+    def name(self) -> str:
+        return self.entry_point.name
+
+    @property
+    def group(self) -> str:
+        return self.entry_point.group
+
+    @property
+    def value(self) -> str:
+        return self.entry_point.value
+
+    @property
+    def distribution(self) -> str:
+        return self.entry_point.dist.name if self.entry_point.dist else ""
+
+    @property
+    def version(self) -> str:
+        return self.entry_point.dist.version if self.entry_point.dist else ""
 
     @property
     def label(self) -> str:
@@ -61,7 +70,7 @@ class InstalledPlugin:
 def installed_plugins() -> list[InstalledPlugin]:
     """Every installed plugin of both groups, hook plugins first, sorted by name."""
     found = {
-        (ep.group, ep.name): InstalledPlugin.from_entry_point(ep)
+        (ep.group, ep.name): InstalledPlugin(ep)
         for group in (PLUGIN_GROUP, AGENTS_GROUP)
         for ep in entry_points(group=group)
     }
@@ -133,11 +142,11 @@ def load_plugin(pm: pluggy.PluginManager, name: str) -> list[Any]:
     installed = {(p.group, p.name): p for p in installed_plugins()}
     plugin = installed.get((PLUGIN_GROUP, name))
     if plugin is not None:
-        pm.register(_load(name, lambda: _entry_point(plugin).load()), name=name)
+        pm.register(_load(name, plugin.entry_point.load), name=name)
         return []
     plugin = installed.get((AGENTS_GROUP, name))
     if plugin is not None:
-        target = _load(name, lambda: _entry_point(plugin).load())
+        target = _load(name, plugin.entry_point.load)
         factory = target.clone if callable(getattr(target, "clone", None)) else target
         if not callable(factory):
             raise StartupError(
@@ -199,11 +208,6 @@ def _load(name: str, load: Callable[[], Any]) -> Any:
         return load()
     except Exception as exc:
         raise StartupError(f"Plugin {name!r} failed to load: {type(exc).__name__}: {exc}") from exc
-
-
-def _entry_point(plugin: InstalledPlugin) -> EntryPoint:
-    (ep,) = entry_points(group=plugin.group, name=plugin.name)
-    return ep
 
 
 def _importable(name: str) -> bool:
