@@ -122,14 +122,19 @@ class OpenAIModel(Model):
             request["tools"] = tools
         text: list[str] = []
         calls: dict[int, dict[str, str]] = {}
+        finish: str | None = None
         try:
             client = self._get_client()
             response = await client.chat.completions.create(**request)
             async with response:
                 async for chunk in response:
                     for choice in chunk.choices or ():
+                        if (getattr(choice, "index", 0) or 0) != 0:
+                            continue
+                        if choice.finish_reason:
+                            finish = choice.finish_reason
                         delta = choice.delta
-                        if (getattr(choice, "index", 0) or 0) != 0 or delta is None:
+                        if delta is None:
                             continue
                         for part in delta.tool_calls or ():
                             _merge_tool_call(calls, part)
@@ -144,6 +149,18 @@ class OpenAIModel(Model):
                 f"({type(exc).__name__}). Check that OPENAI_BASE_URL / --llm-base-url points "
                 "to an OpenAI-compatible /v1 API."
             ) from None
+        if finish is None:
+            raise LLMError(
+                f"The LLM endpoint at {self.endpoint} closed the stream before finishing the "
+                "reply (no finish_reason). llama.cpp does this when the prompt overflows its "
+                "context: raise its --ctx-size or shorten the conversation."
+            )
+        if finish == "length" and calls:
+            raise LLMError(
+                f"The LLM endpoint at {self.endpoint} cut the reply at the model's token limit "
+                "in the middle of a tool call (finish_reason: length). Raise the server's "
+                "max tokens or context size, or shorten the conversation."
+            )
         yield ModelReply(text="".join(text), tool_calls=self._tool_calls(calls))
 
     def _tool_calls(self, calls: dict[int, dict[str, str]]) -> list[ToolCallRequest]:

@@ -6,6 +6,9 @@
     model = OpenAIModel(base_url=fake_openai.base_url, api_key="sk-test")
     ...
     assert fake_openai.requests[0]["tools"][0]["function"]["name"] == "get_weather"
+
+Replies: Text, ToolCalls, Status, Hang, Raw, and Truncated (a stream that ends with no
+finish_reason, as llama.cpp's does when a request overflows its context).
 """
 
 from __future__ import annotations
@@ -23,21 +26,25 @@ from aiohttp import web
 
 @dataclass
 class Text:
-    """A text reply, streamed in several content chunks."""
+    """A text reply, streamed in several content chunks; the last chunk carries `finish`
+    ("length": the model hit its token limit, so the text is cut short)."""
 
     text: str
     pieces: int = 4
+    finish: str = "stop"
 
 
 @dataclass
 class ToolCalls:
     """One reply asking for tool calls: (id, name, arguments JSON) each. Ids and names go
     in the first delta of each call; arguments are split over several deltas, and the
-    calls are interleaved by index."""
+    calls are interleaved by index. `finish="length"` (with arguments cut short) is the
+    model hitting its token limit in the middle of a call."""
 
     calls: list[tuple[str, str, str]]
     text: str = ""
     pieces: int = 3
+    finish: str = "tool_calls"
 
 
 @dataclass
@@ -62,11 +69,27 @@ class Raw:
     payloads: list[str] = field(default_factory=list)
 
 
-Reply = Text | ToolCalls | Status | Hang | Raw | str
+@dataclass
+class Truncated:
+    """llama.cpp on context overflow: HTTP 200, some chunks, then the stream closes with no
+    finish_reason (and no [DONE]). The role chunk, then `text` and `tool_calls` (id, name,
+    arguments so far) streamed like Text and ToolCalls, then the response just ends.
+    `done=True` sends `data: [DONE]` before ending, still with no finish_reason (some
+    servers do that)."""
+
+    text: str = ""
+    tool_calls: list[tuple[str, str, str]] | None = None
+    done: bool = False
+    pieces: int = 3
 
 
-def tool_calls(*calls: tuple[str, str, str], text: str = "") -> ToolCalls:
-    return ToolCalls(list(calls), text=text)
+Reply = Text | ToolCalls | Status | Hang | Raw | Truncated | str
+
+
+def tool_calls(
+    *calls: tuple[str, str, str], text: str = "", finish: str = "tool_calls"
+) -> ToolCalls:
+    return ToolCalls(list(calls), text=text, finish=finish)
 
 
 def split(text: str, pieces: int) -> list[str]:
@@ -117,7 +140,8 @@ class FakeOpenAI:
                 await asyncio.sleep(0)
             if isinstance(reply, Hang):
                 await self._hang()
-            await response.write(b"data: [DONE]\n\n")
+            if not isinstance(reply, Truncated) or reply.done:
+                await response.write(b"data: [DONE]\n\n")
             await response.write_eof()
         except ConnectionError:
             pass  # the client gave up (timeout tests): nothing left to send
@@ -135,27 +159,44 @@ class FakeOpenAI:
                 yield payload
             return
         yield _chunk(model, {"role": "assistant", "content": ""})
-        if isinstance(reply, Text | Hang):
-            text = reply.text if isinstance(reply, Text) else reply.text_first
-            for piece in split(text, getattr(reply, "pieces", 1)):
-                yield _chunk(model, {"content": piece})
-            if isinstance(reply, Text):
-                yield _chunk(model, {}, finish="stop")
+        if isinstance(reply, Hang):
+            if reply.text_first:
+                yield _chunk(model, {"content": reply.text_first})
             return
+        if isinstance(reply, Text):
+            for piece in split(reply.text, reply.pieces):
+                yield _chunk(model, {"content": piece})
+            yield _chunk(model, {}, finish=reply.finish)
+            return
+        if isinstance(reply, Truncated):
+            for piece in split(reply.text, reply.pieces) if reply.text else ():
+                yield _chunk(model, {"content": piece})
+            for payload in _tool_call_chunks(model, reply.tool_calls or [], reply.pieces):
+                yield payload
+            return  # no finish chunk: the server just stops
         assert isinstance(reply, ToolCalls)
         if reply.text:
             yield _chunk(model, {"content": reply.text})
-        for index, (call_id, name, _) in enumerate(reply.calls):
-            first = {"index": index, "id": call_id, "type": "function"}
-            first["function"] = {"name": name, "arguments": ""}
-            yield _chunk(model, {"tool_calls": [first]})
-        parts = [split(arguments, reply.pieces) for _, _, arguments in reply.calls]
-        for round_ in range(max(len(p) for p in parts)):
-            for index, pieces in enumerate(parts):
-                if round_ < len(pieces):
-                    delta = {"index": index, "function": {"arguments": pieces[round_]}}
-                    yield _chunk(model, {"tool_calls": [delta]})
-        yield _chunk(model, {}, finish="tool_calls")
+        for payload in _tool_call_chunks(model, reply.calls, reply.pieces):
+            yield payload
+        yield _chunk(model, {}, finish=reply.finish)
+
+
+def _tool_call_chunks(model: str, calls: list[tuple[str, str, str]], pieces: int) -> list[str]:
+    """Tool-call deltas: id and name first for each call, then the arguments split over
+    several deltas, interleaved by index."""
+    chunks = []
+    for index, (call_id, name, _) in enumerate(calls):
+        first = {"index": index, "id": call_id, "type": "function"}
+        first["function"] = {"name": name, "arguments": ""}
+        chunks.append(_chunk(model, {"tool_calls": [first]}))
+    parts = [split(arguments, pieces) for _, _, arguments in calls]
+    for round_ in range(max((len(p) for p in parts), default=0)):
+        for index, call_parts in enumerate(parts):
+            if round_ < len(call_parts):
+                delta = {"index": index, "function": {"arguments": call_parts[round_]}}
+                chunks.append(_chunk(model, {"tool_calls": [delta]}))
+    return chunks
 
 
 def _chunk(model: str, delta: dict[str, Any], finish: str | None = None) -> str:

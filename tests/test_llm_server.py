@@ -6,8 +6,8 @@ import json
 
 from myagent_ws.app import model_for
 from myagent_ws.settings import Settings
-from tests.client import names
-from tests.fake_openai import Status, tool_calls
+from tests.client import TERMINAL, names
+from tests.fake_openai import Status, Truncated, tool_calls
 
 
 def openai_model(fake) -> object:
@@ -61,6 +61,27 @@ async def test_llm_failure_is_llm_error_and_session_stays_usable(serve, connect,
     ok = await client.turn(sid, "hello again")
     assert ok[-1]["event"] == "agent.final_answer" and ok[-1]["content"] == "Recovered."
     # The failed turn left no trace in the conversation sent to the model.
+    users = [m["content"] for m in fake_openai.requests[-1]["messages"] if m["role"] == "user"]
+    assert users == ["hello again"]
+
+
+async def test_stream_without_finish_reason_is_llm_error_not_an_empty_answer(
+    serve, connect, fake_openai
+):
+    """llama.cpp on context overflow: HTTP 200, a few chunks, then the stream just closes."""
+    fake_openai.script += [Truncated(text="Partial"), "Recovered."]
+    server = await serve(model=openai_model(fake_openai))
+    client = await connect(server)
+    sid = await client.create_session()
+    failed = await client.turn(sid, "hello")
+    assert [e["event"] for e in failed if e["event"] in TERMINAL] == ["agent.error"]
+    assert "agent.final_answer" not in names(failed)
+    error = failed[-1]
+    assert error["metadata"]["code"] == "llm_error"
+    assert "finish_reason" in error["content"] and "Traceback" not in error["content"]
+    ok = await client.turn(sid, "hello again")
+    assert [e["event"] for e in ok if e["event"] in TERMINAL] == ["agent.final_answer"]
+    assert ok[-1]["content"] == "Recovered."
     users = [m["content"] for m in fake_openai.requests[-1]["messages"] if m["role"] == "user"]
     assert users == ["hello again"]
 

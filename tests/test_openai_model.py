@@ -22,7 +22,16 @@ from myagent import (
     ToolResult,
     create_react_agent,
 )
-from tests.fake_openai import FakeOpenAI, Hang, Raw, Status, Text, fake_openai, tool_calls
+from tests.fake_openai import (
+    FakeOpenAI,
+    Hang,
+    Raw,
+    Status,
+    Text,
+    Truncated,
+    fake_openai,
+    tool_calls,
+)
 
 __all__ = ["fake_openai"]  # the fixture, used by name
 
@@ -210,6 +219,63 @@ async def test_malformed_stream(fake_openai: FakeOpenAI, model) -> None:
     with pytest.raises(LLMError, match="malformed streaming reply") as caught:
         await items(model, [{"role": "user", "content": "hi"}], [])
     assert_human(str(caught.value))
+
+
+TRUNCATED_CALL = [("call_a", "get_weather", '{"city": "Par')]
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        Truncated(text="The answer is"),
+        Truncated(text="The answer is", done=True),
+        Truncated(tool_calls=TRUNCATED_CALL),
+        Truncated(text="Checking. ", tool_calls=TRUNCATED_CALL, done=True),
+        Truncated(),
+    ],
+    ids=["text", "text-done", "tool-call", "tool-call-done", "empty"],
+)
+async def test_stream_ending_without_finish_reason_is_an_llm_error(
+    fake_openai: FakeOpenAI, model, reply: Truncated
+) -> None:
+    """llama.cpp closes the stream with no finish_reason when the prompt overflows its
+    context: that is a failed request, not an empty (or partial) answer."""
+    fake_openai.script.append(reply)
+    with pytest.raises(LLMError) as caught:
+        await items(model, [{"role": "user", "content": "hi"}], [])
+    assert caught.value.code == "llm_error"
+    message = str(caught.value)
+    assert f"The LLM endpoint at {fake_openai.base_url} closed the stream" in message
+    assert "finish_reason" in message and "--ctx-size" in message
+    assert_human(message)
+
+
+async def test_truncated_stream_fails_the_agent_turn_and_the_next_turn_works(
+    fake_openai: FakeOpenAI, model
+) -> None:
+    fake_openai.script += [Truncated(text="Partial"), Text("Whole answer.")]
+    agent = create_react_agent("overflow", tools=[Weather()], model=model)
+    with pytest.raises(LLMError, match="no finish_reason"):
+        await agent.arun("first")
+    assert agent.messages == []
+    assert await agent.arun("second") == "Whole answer."
+
+
+async def test_length_finish_with_text_is_a_truncated_answer(fake_openai: FakeOpenAI, model):
+    fake_openai.script.append(Text("Cut short by the token lim", finish="length"))
+    *deltas, reply = await items(model, [{"role": "user", "content": "hi"}], [])
+    assert "".join(deltas) == "Cut short by the token lim"
+    assert reply == ModelReply(text="Cut short by the token lim")
+
+
+async def test_length_finish_in_a_tool_call_is_an_llm_error(fake_openai: FakeOpenAI, model):
+    fake_openai.script.append(tool_calls(*TRUNCATED_CALL, text="Checking. ", finish="length"))
+    with pytest.raises(LLMError) as caught:
+        await items(model, [{"role": "user", "content": "hi"}], [])
+    assert caught.value.code == "llm_error"
+    message = str(caught.value)
+    assert "token limit" in message and "finish_reason: length" in message
+    assert_human(message)
 
 
 async def test_placeholder_key_for_a_local_endpoint(fake_openai: FakeOpenAI) -> None:
