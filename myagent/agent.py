@@ -1,6 +1,7 @@
 """ReactAgent: the ReAct loop (ask the model, run the tools it asks for, repeat) with
 conversation memory. A turn is all-or-nothing for memory: if it fails or is cancelled,
 `messages` is put back as it was, so the next turn starts from a consistent history.
+With `max_history_turns`, only the last whole turns are kept after each turn.
 """
 
 from __future__ import annotations
@@ -31,18 +32,30 @@ class ReactAgent:
         max_steps: int = 10,
         description: str = "",
         model: Model | None = None,
+        *,
+        max_history_turns: int | None = None,
         **options: Any,
     ) -> None:
         if not isinstance(name, str) or not name.strip():
             raise ValueError("An agent needs a name, e.g. create_react_agent(name='helper', ...).")
         if not isinstance(max_steps, int) or max_steps < 1:
             raise ValueError(f"max_steps must be a positive integer, not {max_steps!r}.")
+        if max_history_turns is not None and (
+            isinstance(max_history_turns, bool)
+            or not isinstance(max_history_turns, int)
+            or max_history_turns < 1
+        ):
+            raise ValueError(
+                "max_history_turns must be a positive integer or None (keep every turn), "
+                f"not {max_history_turns!r}."
+            )
         self.name = name
         self.description = description
         self.tools: list[BaseTool] = list(tools)
         self.system_prompt = system_prompt
         self.max_steps = max_steps
         self.model = model
+        self.max_history_turns = max_history_turns
         self.options = options  # extra keyword arguments, kept for clones
         self.messages: list[dict[str, Any]] = []
         _check_tools(self.tools)
@@ -52,14 +65,16 @@ class ReactAgent:
         return f"<ReactAgent {self.name!r} tools=[{tools}]>"
 
     def clone(self) -> ReactAgent:
-        """Same configuration and model, empty memory, its own copy of each tool."""
+        """Same configuration and model, empty memory, its own copy of each tool: one
+        session's tool state (a list, a dict) must never reach another session."""
         return type(self)(
             name=self.name,
-            tools=[copy.copy(tool) for tool in self.tools],
+            tools=[_clone_tool(tool) for tool in self.tools],
             system_prompt=self.system_prompt,
             max_steps=self.max_steps,
             description=self.description,
             model=self.model,
+            max_history_turns=self.max_history_turns,
             **self.options,
         )
 
@@ -98,6 +113,7 @@ class ReactAgent:
                     )
                 if not reply.tool_calls:
                     self.messages.append({"role": "assistant", "content": reply.text})
+                    self._forget_old_turns()  # before the answer: a consumer may stop there
                     done = True
                     yield FinalAnswer(reply.text)
                     return
@@ -123,6 +139,21 @@ class ReactAgent:
         finally:
             if not done:
                 self.messages[:] = before
+
+    def _forget_old_turns(self) -> None:
+        """Keep the last `max_history_turns` whole turns. A turn runs from a user message to
+        the next one, tool calls and results included: a tool result without its call is
+        rejected by the API. Scans back over the kept turns only."""
+        limit = self.max_history_turns
+        if limit is None:
+            return
+        turns = 0
+        for index in range(len(self.messages) - 1, -1, -1):
+            if self.messages[index].get("role") == "user":
+                turns += 1
+                if turns == limit:
+                    del self.messages[:index]
+                    return
 
     def _prompt(self) -> list[dict[str, Any]]:
         system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
@@ -160,6 +191,13 @@ class ReactAgent:
                 return str(result.error) or f"The tool {call.name} failed.", False
             return output_text(result.output), True
         return output_text(result), True
+
+
+def _clone_tool(tool: BaseTool) -> BaseTool:
+    """A tool's copy for a new session: its own `clone` (BaseTool's keeps `shared`
+    attributes), else a deep copy for duck-typed tools."""
+    clone = getattr(tool, "clone", None)
+    return clone() if callable(clone) else copy.deepcopy(tool)
 
 
 def _check_tools(tools: list[BaseTool]) -> None:

@@ -91,3 +91,35 @@ def looping_agent(name: str = "looper", max_steps: int = 3) -> Any:
             )
         ),
     )
+
+
+class NotesTool(BaseTool):
+    """Keeps what it is told in instance state: shows whether sessions share tool state."""
+
+    name = "note"
+    description = "Remember a note and list every note so far."
+    parameters = {
+        "type": "object",
+        "properties": {"text": {"type": "string"}},
+        "required": ["text"],
+    }
+
+    def __init__(self) -> None:
+        self.notes: list[str] = []
+        self.by_word: dict[str, list[str]] = {}
+
+    async def execute(self, text: str) -> ToolResult:
+        self.notes.append(text)
+        for word in text.split():
+            self.by_word.setdefault(word, []).append(text)
+        return ToolResult(output=" | ".join(self.notes))
+
+
+def notes_agent(name: str = "notes") -> Any:
+    """Notes each user text with its tool and answers with every note the tool holds."""
+    return create_react_agent(
+        name=name,
+        tools=[NotesTool()],
+        model=_calls_tool_once("note", lambda text: {"text": text}),
+        description="Notes what it is told.",
+    )

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from myagent import (
     create_react_agent,
 )
 from myagent.tool.base_tool import validator_for
+from tests.agents import NotesTool, notes_agent
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -186,6 +188,179 @@ async def test_clone_has_same_config_empty_memory_and_its_own_tools() -> None:
     assert len(agent.messages) == 4 and len(twin.messages) == 4
     twin.tools[0].calls = ["replaced"]
     assert agent.tools[0].calls != ["replaced"]
+
+
+# --- sessions: each clone has its own tools; what a tool shares on purpose ---------------
+
+
+async def test_clones_do_not_see_each_others_tool_state() -> None:
+    agent = notes_agent()
+    original = agent.tools[0]
+    alice, bob = agent.clone(), agent.clone()
+    assert await alice.arun("alice secret") == "done: alice secret"
+    assert await bob.arun("bob plan") == "done: bob plan"  # not "alice secret | bob plan"
+    assert await alice.arun("alice again") == "done: alice secret | alice again"
+    assert bob.tools[0].notes == ["bob plan"]
+    assert bob.tools[0].by_word == {"bob": ["bob plan"], "plan": ["bob plan"]}
+    assert original.notes == [] and original.by_word == {}
+
+
+async def test_nested_tool_state_is_copied_all_the_way_down() -> None:
+    agent = notes_agent()
+    agent.tools[0].by_word["todo"] = ["seeded"]  # a dict of lists, filled before cloning
+    alice, bob = agent.clone(), agent.clone()
+    await alice.arun("todo alice")
+    await bob.arun("todo bob")
+    assert alice.tools[0].by_word["todo"] == ["seeded", "todo alice"]
+    assert bob.tools[0].by_word["todo"] == ["seeded", "todo bob"]
+    assert agent.tools[0].by_word == {"todo": ["seeded"]}
+    assert isinstance(alice.tools[0], NotesTool) and alice.tools[0].name == "note"
+
+
+class Client:
+    """Stands in for an HTTP client: one for every session."""
+
+    def __init__(self) -> None:
+        self.requests: list[str] = []
+
+
+class Fetch(BaseTool):
+    name = "fetch"
+    description = "Fetch a page with the shared client."
+    shared = ("client",)
+
+    def __init__(self) -> None:
+        self.client = Client()
+        self.seen: list[Any] = [self.client]  # the shared object, also reached another way
+        self.parameters = {"type": "object", "properties": {"url": {"type": "string"}}}
+
+    async def execute(self, url: str = "") -> str:
+        self.client.requests.append(url)
+        self.seen.append(url)
+        return "ok"
+
+
+async def test_shared_attributes_are_the_same_object_in_every_clone() -> None:
+    agent = create_react_agent("f", tools=[Fetch()], model=tool_then_answer("fetch", "{}"))
+    original = agent.tools[0]
+    first, second = agent.clone().tools[0], agent.clone().tools[0]
+    assert first.client is original.client and second.client is original.client
+    assert first.seen[0] is original.client  # shared wherever it is reached from
+    assert first.seen is not original.seen and second.seen is not first.seen
+    assert first.parameters is original.parameters  # the schema too: compiled once
+    await first.execute(url="a")
+    assert original.client.requests == ["a"] and original.seen == [original.client]
+
+
+class Locked(BaseTool):
+    name = "locked"
+    description = "Holds a lock, which cannot be copied."
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.hits: list[int] = []
+
+    async def execute(self) -> str:
+        return "ok"
+
+
+def test_an_uncopyable_attribute_fails_at_clone_time_with_a_way_out() -> None:
+    agent = create_react_agent("l", tools=[Locked()])
+    with pytest.raises(TypeError) as caught:
+        agent.clone()
+    message = str(caught.value)
+    assert message.startswith("Locked ") and "lock attribute 'lock'" in message
+    assert 'shared = ("lock",)' in message and "execute" in message
+
+    class SharedLock(Locked):
+        shared = ("lock",)
+
+    agent = create_react_agent("s", tools=[SharedLock()])
+    twin = agent.clone()
+    assert twin.tools[0].lock is agent.tools[0].lock
+    assert twin.tools[0].hits is not agent.tools[0].hits
+
+
+def test_shared_must_be_a_tuple_of_names() -> None:
+    with pytest.raises(TypeError, match=r'shared = \("client",\)'):
+
+        class Wrong(BaseTool):
+            name = "wrong"
+            shared = "client"
+
+
+def test_duck_typed_tools_are_deep_copied() -> None:
+    class Duck:
+        name = "duck"
+
+        def __init__(self) -> None:
+            self.items: list[str] = []
+
+        async def execute(self) -> str:
+            return "quack"
+
+    duck = Duck()
+    twin = create_react_agent("d", tools=[duck]).clone().tools[0]
+    assert type(twin) is Duck and twin is not duck and twin.items is not duck.items
+
+
+# --- bounded memory: the last whole turns are kept ---------------------------------------
+
+
+async def test_memory_keeps_the_last_whole_turns_and_the_system_prompt() -> None:
+    seen: list[list[dict[str, Any]]] = []
+
+    def model(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> Any:
+        seen.append(messages)
+        last = messages[-1]
+        if last["role"] == "user" and last["content"] == "three":
+            return call("echo", '{"text": "x"}', "call_three")
+        return "re: " + last["content"]
+
+    agent = create_react_agent(
+        "m", tools=[Echo()], system_prompt="sys", model=FunctionModel(model), max_history_turns=2
+    )
+    for text in ("one", "two", "three", "four"):
+        await agent.arun(text)
+    await agent.arun("five")
+    prompt = seen[-1]
+    assert [(m["role"], m["content"]) for m in prompt] == [
+        ("system", "sys"),
+        ("user", "three"),
+        ("assistant", None),
+        ("tool", "x"),
+        ("assistant", "re: x"),
+        ("user", "four"),
+        ("assistant", "re: four"),
+        ("user", "five"),
+    ]
+    assert prompt[2]["tool_calls"][0]["id"] == prompt[3]["tool_call_id"] == "call_three"
+    assert [m["content"] for m in agent.messages] == ["four", "re: four", "five", "re: five"]
+
+
+async def test_memory_is_trimmed_before_the_final_answer_is_yielded() -> None:
+    agent = create_react_agent(
+        "t", tools=[Echo()], model=tool_then_answer("echo", '{"text": "y"}'), max_history_turns=1
+    )
+    await agent.arun("first")
+    async for step in agent.run("second"):
+        if isinstance(step, FinalAnswer):
+            break  # a consumer that stops at the answer still leaves bounded memory
+    assert [m["role"] for m in agent.messages] == ["user", "assistant", "tool", "assistant"]
+    assert agent.messages[0]["content"] == "second"
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.5, "2", True])
+def test_max_history_turns_must_be_a_positive_integer(value: Any) -> None:
+    with pytest.raises(ValueError, match="max_history_turns"):
+        create_react_agent("bad", max_history_turns=value)
+
+
+def test_clone_keeps_max_history_turns() -> None:
+    agent = create_react_agent("k", max_history_turns=3, extra=1)
+    twin = agent.clone()
+    assert twin.max_history_turns == 3 and twin.options == {"extra": 1}
+    assert create_react_agent("n").clone().max_history_turns is None
 
 
 # --- tool failures are fed back to the model, never a crash -----------------------------

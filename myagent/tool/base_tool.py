@@ -1,18 +1,22 @@
 """BaseTool: what an agent can call. A tool declares `name`, `description` and
 `parameters` (JSON Schema) as class attributes and implements `async execute(**kwargs)`.
 Arguments are checked against `parameters` before `execute` runs, so tools can trust them.
+Each session gets its own deep copy of every tool (`clone`); attributes named in `shared`
+are the same object in every copy.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 
 EMPTY_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}}
+_MISSING = object()
 
 # parameters dict id -> (the dict itself, its compiled validator). Holding the dict keeps its
 # id from being reused, so each schema is compiled once however many calls or clones use it.
@@ -61,12 +65,59 @@ class BaseTool:
     name: str = ""
     description: str = ""
     parameters: dict[str, Any] = EMPTY_PARAMETERS
+    # Instance attributes every session's copy uses as they are, on purpose: an HTTP
+    # client, a connection pool, a read-only cache. Everything else is deep-copied.
+    shared: tuple[str, ...] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         # A broken schema should fail when the agent file is imported, not mid-conversation.
         super().__init_subclass__(**kwargs)
         if "parameters" in cls.__dict__ and isinstance(cls.parameters, dict):
             validator_for(cls.parameters)
+        shared = cls.__dict__.get("shared", ())
+        if not isinstance(shared, tuple) or not all(isinstance(n, str) for n in shared):
+            raise TypeError(
+                f"{cls.__name__}.shared must be a tuple of attribute names, "
+                f'e.g. shared = ("client",), not {shared!r}.'
+            )
+
+    def clone(self) -> Self:
+        """This tool for a new session: a deep copy, so no list or dict one user fills is
+        seen by another, except the `shared` attributes (and the schema), which stay the
+        same objects wherever they are reached from."""
+        memo = self._shared_memo()
+        try:
+            return copy.deepcopy(self, memo)
+        except (TypeError, copy.Error) as exc:
+            raise TypeError(self._uncopyable(exc)) from exc
+
+    def _shared_memo(self) -> dict[int, Any]:
+        """A deepcopy memo that maps each shared value to itself, so it is not copied."""
+        memo: dict[int, Any] = {}
+        # The schema is configuration: sharing it keeps its validator compiled once.
+        for name in ("parameters", *self.shared):
+            value = getattr(self, name, _MISSING)
+            if value is not _MISSING:
+                memo[id(value)] = value
+        return memo
+
+    def _uncopyable(self, exc: BaseException) -> str:
+        """Say which attribute could not be copied and the two ways out."""
+        tool = type(self).__name__
+        for name, value in getattr(self, "__dict__", {}).items():
+            try:
+                copy.deepcopy(value, self._shared_memo())
+            except (TypeError, copy.Error):
+                kind = type(value).__qualname__
+                return (
+                    f"{tool} cannot be copied for a new session: its {kind} attribute {name!r} "
+                    f"cannot be deep-copied ({exc}). To use one for every session, "
+                    f'list it: shared = ("{name}",); otherwise create it in execute().'
+                )
+        return (
+            f"{tool} cannot be copied for a new session ({exc}). List the attribute that "
+            'holds it in `shared` (e.g. shared = ("client",)) or create it in execute().'
+        )
 
     async def execute(self, **kwargs: Any) -> ToolResult | str:
         """Run the tool; report failure with `ToolResult(error=...)`."""
