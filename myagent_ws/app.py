@@ -58,7 +58,7 @@ def create_app(
     app[REGISTRY] = registry
     app[PROTOCOL] = Protocol(max_frame_bytes=settings.max_frame_bytes)
     app[MODEL] = model if model is not None else model_for(settings)
-    app[STORE] = store if store is not None else MemoryStore(settings.replay_buffer)
+    app[STORE] = store if store is not None else MemoryStore()
     app[CONNECTIONS] = set()
     app[METRICS] = Metrics(lambda: len(app[CONNECTIONS]), lambda: len(app[SESSIONS]))
     app[SESSIONS] = SessionManager(registry, app[STORE], settings, app[MODEL], app[METRICS])
@@ -110,13 +110,7 @@ async def endpoint(request: web.Request) -> web.StreamResponse:
     if not ws.can_prepare(request).ok:
         return await console.index(request)
     await ws.prepare(request)
-    connection = Connection(
-        ws,
-        app[SESSIONS],
-        app[PROTOCOL],
-        queue_size=settings.send_queue_size,
-        debug=settings.debug,
-    )
+    connection = Connection(ws, app[SESSIONS], app[PROTOCOL], settings, request.transport)
     app[CONNECTIONS].add(connection)
     try:
         await connection.serve(app[REGISTRY].names())

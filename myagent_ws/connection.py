@@ -1,8 +1,14 @@
-"""One WebSocket connection: the only reader, a dispatch table, and one bounded send queue.
+"""One WebSocket connection: the only reader, a dispatch table, and one writer.
 
 Only the handler task reads the socket (aiohttp forbids receive() from two tasks) and only
-the writer task writes it, so a slow client fills its own queue, never a turn's. The
-connection knows sessions by id and nothing about agents or models.
+the writer task writes it. The writer takes frames from two places: a small queue of
+connection-level frames (system.*), and each attached session's replay buffer at this
+connection's own cursor. So a replay is a cursor set back, paced by the socket like any
+other send; live events can never overtake replayed ones; and a slow client holds no copy
+of anything. What this connection owes but has not written (queued frames plus live
+session events) is bounded by `send_buffer_bytes`: past it, or when an event it still
+owed has left the replay buffer, it is closed with code 4008 and its sessions wait for a
+`user.reconnect`. The connection knows sessions, never agents or models.
 """
 
 from __future__ import annotations
@@ -11,10 +17,13 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import math
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
+from aiolimiter import AsyncLimiter
 
 from . import __version__
 from .protocol import (
@@ -25,35 +34,56 @@ from .protocol import (
     make_event,
     requested_agent,
 )
-from .sessions import SessionManager
+from .sessions import Session, SessionManager
+from .settings import Settings
 
 log = logging.getLogger(__name__)
 frames_log = logging.getLogger("myagent_ws.frames")
 
+# Close code for a client that fell more than send_buffer_bytes behind (or behind the
+# replay buffer): its sessions live on, and user.reconnect with last_seq resumes them.
+CLOSE_SLOW_CONSUMER = 4008
+
 _ids = itertools.count(1)
-_CLOSE = None  # queue sentinel: the writer stops after everything queued before it
 
 
 class Connection:
-    """Reads frames, dispatches them to the session manager, and writes what sessions emit."""
+    """Reads frames, dispatches them to the session manager, writes what is owed."""
 
     def __init__(
         self,
         ws: web.WebSocketResponse,
         sessions: SessionManager,
         protocol: Protocol,
-        *,
-        queue_size: int,
-        debug: bool = False,
+        settings: Settings,
+        transport: asyncio.BaseTransport | None = None,
     ) -> None:
         self.id = f"c_{next(_ids)}"
         self.ws = ws
         self.sessions = sessions
         self.protocol = protocol
-        self.debug = debug
-        self.queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=queue_size)
+        self.debug = settings.debug
+        self.send_limit = settings.send_buffer_bytes
+        # Bytes owed and not yet written: queued frames, plus live events of attached
+        # sessions (a replay owes nothing new: those frames are in the buffer already).
+        self.pending = 0
+        self._queue: deque[bytes] = deque()
+        self._cursors: dict[Session, int] = {}  # last seq handed to the socket
+        self._live_from: dict[Session, int] = {}  # seqs after this were counted in pending
+        self._owed: dict[Session, int] = {}  # of pending, the bytes of each session
+        self._acks: dict[Session, int] = {}
+        self._wake = asyncio.Event()
+        self._closing = False  # write what is owed, then stop
+        self._dropped = False  # too slow: stop at once
+        self._transport = transport
         self._writer: asyncio.Task[None] | None = None
-        self._overflowed = False
+        self._closer: asyncio.Task[None] | None = None
+        self._limiter = AsyncLimiter(
+            settings.rate_limit_burst, settings.rate_limit_burst / settings.rate_limit_per_s
+        )
+        # A leaky bucket frees one frame's room at most 1/rate seconds after it is full.
+        self._retry_after_ms = math.ceil(1000 / settings.rate_limit_per_s)
+        self._rate_text = f"{settings.rate_limit_per_s:g} per second"
         self._handlers: dict[str, Callable[[dict[str, Any]], Awaitable[None]]] = {
             "user.message": self._on_message,
             "user.ack": self._on_ack,
@@ -65,40 +95,118 @@ class Connection:
             "user.response": self._on_response,
         }
 
-    # -- sending ---------------------------------------------------------------------
+    # -- what sessions call (the Reader protocol) -----------------------------------------
 
-    def send(self, frame: str) -> None:
-        """Queue one encoded frame; a client too slow to drain its queue is disconnected."""
-        try:
-            self.queue.put_nowait(frame)
-        except asyncio.QueueFull:
-            if not self._overflowed:
-                self._overflowed = True
-                log.warning("connection %s: send queue full, disconnecting", self.id)
-                if self._writer is not None:
-                    self._writer.cancel()
+    def attach(self, session: Session, cursor: int) -> None:
+        """Send `session` from the event after `cursor` on."""
+        self.pending -= self._owed.get(session, 0)
+        self._cursors[session] = cursor
+        self._live_from[session] = session.buffer.last_seq
+        self._owed[session] = 0
+        self._acks[session] = cursor
+        self._wake.set()
+
+    def notify(self, session: Session, size: int) -> None:
+        """A live event of `session` (`size` bytes) is in its buffer."""
+        if self._dropped:
+            return
+        self.pending += size
+        self._owed[session] += size
+        if self.pending > self.send_limit:
+            self._drop("its send buffer is full")
+        else:
+            self._wake.set()
+
+    def acked(self, session: Session) -> int:
+        """The highest seq of `session` this client has acknowledged."""
+        return self._acks.get(session, 0)
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def send(self, frame: bytes) -> None:
+        """Queue a connection-level frame (system.*)."""
+        if self._dropped:
+            return
+        self._queue.append(frame)
+        self.pending += len(frame)
+        if self.pending > self.send_limit:
+            self._drop("its send buffer is full")
+        else:
+            self._wake.set()
 
     def send_event(self, event: dict[str, Any]) -> None:
         self.send(encode(event))
 
+    def _next_frame(self) -> bytes | None:
+        """The next frame owed, fairly across sessions; None when nothing is owed."""
+        if self._queue:
+            frame = self._queue.popleft()
+            self.pending -= len(frame)
+            return frame
+        cursors = self._cursors
+        for session, cursor in cursors.items():
+            if cursor < session.buffer.last_seq:
+                seq = cursor + 1
+                frame = session.buffer.get(seq)
+                if frame is None:
+                    self._drop(f"event {seq} of {session.id} left the replay buffer unsent")
+                    return None
+                del cursors[session]  # re-insert last: the next frame comes from another session
+                cursors[session] = seq
+                if seq > self._live_from[session]:
+                    self.pending -= len(frame)
+                    self._owed[session] -= len(frame)
+                return frame
+        for session in [s for s in cursors if s.closed]:  # ended, and everything sent
+            self._forget(session)
+        return None
+
+    def _forget(self, session: Session) -> None:
+        for table in (self._cursors, self._live_from, self._owed, self._acks):
+            table.pop(session, None)
+
     async def _write(self) -> None:
-        ws, queue = self.ws, self.queue
+        ws, wake = self.ws, self._wake
         try:
             while True:
-                frame = await queue.get()
-                if frame is _CLOSE:
-                    return
+                frame = self._next_frame()
+                if frame is None:
+                    if self._closing or self._dropped:
+                        return
+                    wake.clear()
+                    await wake.wait()
+                    continue
                 if self.debug:
-                    frames_log.debug("%s >> %s", self.id, frame)
-                await ws.send_str(frame)
-        except asyncio.CancelledError:
-            if self._overflowed:  # closing ends the reader loop, which cleans up
-                await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"send queue full")
-            raise
+                    frames_log.debug("%s >> %s", self.id, frame.decode())
+                await ws.send_frame(frame, WSMsgType.TEXT)
         except ConnectionError:
             return  # the peer is gone; the reader loop sees the close
 
-    # -- reading ---------------------------------------------------------------------
+    def _drop(self, why: str) -> None:
+        """Close a client that cannot keep up; its sessions stay resumable."""
+        if self._dropped:
+            return
+        self._dropped = True
+        log.warning("connection %s: closing with %d: %s", self.id, CLOSE_SLOW_CONSUMER, why)
+        self.sessions.metrics.inbound_error("slow_consumer")
+        self._queue.clear()
+        self.pending = 0
+        self._closer = asyncio.create_task(self._close_slow(), name=f"drop {self.id}")
+
+    async def _close_slow(self) -> None:
+        if self._writer is not None:
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+        try:
+            await asyncio.wait_for(
+                self.ws.close(code=CLOSE_SLOW_CONSUMER, message=b"too slow: reconnect"), 2.0
+            )
+        except (TimeoutError, ConnectionError):
+            if self._transport is not None:
+                self._transport.abort()  # a peer that reads nothing never reads the close
+
+    # -- reading ---------------------------------------------------------------------------
 
     async def serve(self, agents: list[str]) -> None:
         """Run the connection until the peer or the server closes it."""
@@ -120,12 +228,7 @@ class Connection:
                 if msg.type is WSMsgType.TEXT:
                     await self._handle(msg.data)
                 elif msg.type is WSMsgType.BINARY:
-                    self._reply_error(
-                        ProtocolError(
-                            "unsupported_frame",
-                            "Binary frames are not supported; send each event as JSON text.",
-                        )
-                    )
+                    await self._handle_binary()
         finally:
             self.sessions.detach(self)
             await self.close()
@@ -134,7 +237,13 @@ class Connection:
         if self.debug:
             frames_log.debug("%s << %s", self.id, data)
         try:
-            message = self.protocol.decode(data)
+            try:
+                message = self.protocol.decode(data)
+            except ProtocolError:
+                await self._admit()  # bad frames count too; past the rate, that is the answer
+                raise
+            if message["event"] != "user.ack":
+                await self._admit()
             await self._handlers[message["event"]](message)
         except ProtocolError as exc:
             self._reply_error(exc)
@@ -146,11 +255,32 @@ class Connection:
                 )
             )
 
+    async def _handle_binary(self) -> None:
+        try:
+            await self._admit()
+            raise ProtocolError(
+                "unsupported_frame",
+                "Binary frames are not supported; send each event as JSON text.",
+            )
+        except ProtocolError as exc:
+            self._reply_error(exc)
+
+    async def _admit(self) -> None:
+        """Take one frame's room in the rate limit, or raise rate_limited."""
+        if not self._limiter.has_capacity():
+            raise ProtocolError(
+                "rate_limited",
+                f"Too many messages: this server accepts {self._rate_text} per connection; "
+                f"wait {self._retry_after_ms} ms and send again.",
+                retry_after_ms=self._retry_after_ms,
+            )
+        await self._limiter.acquire()  # has room, so it does not wait
+
     def _reply_error(self, exc: ProtocolError) -> None:
         self.sessions.metrics.inbound_error(exc.code)
         self.send_event(exc.to_event())
 
-    # -- handlers: one per client event ------------------------------------------------
+    # -- handlers: one per client event ------------------------------------------------------
 
     async def _on_create_session(self, message: dict[str, Any]) -> None:
         await self.sessions.create(requested_agent(message), self)
@@ -161,12 +291,12 @@ class Connection:
 
     async def _on_cancel(self, message: dict[str, Any]) -> None:
         session = self.sessions.get(message["session_id"], self)
-        if not await self.sessions.cancel_turn(session):
+        if not self.sessions.cancel_turn(session):
             self._notice("No turn is running in this session; nothing to cancel.", session.id)
 
     async def _on_end_session(self, message: dict[str, Any]) -> None:
         session = self.sessions.get(message["session_id"], self)
-        await self.sessions.end(session, "ended by client")
+        await self.sessions.end(session, "ended", "ended by client")
 
     async def _on_list_agents(self, message: dict[str, Any]) -> None:
         self.send_event(make_event("system.agents", content=self.sessions.registry.describe()))
@@ -174,18 +304,22 @@ class Connection:
     async def _on_reconnect(self, message: dict[str, Any]) -> None:
         content = message.get("content")
         last_seq = content.get("last_seq", 0) if isinstance(content, dict) else 0
-        await self.sessions.reconnect(message["session_id"], self, last_seq)
+        self.sessions.reconnect(message["session_id"], self, last_seq)
 
     async def _on_ack(self, message: dict[str, Any]) -> None:
         content = message["content"]
         session_id = message.get("session_id")
         last_seq = content.get("last_seq")
         event_id = content.get("last_event_id")
-        if isinstance(event_id, str) and ":" in event_id:
+        if event_id is not None:  # the schema holds it to "<session_id>:<digits>"
             session_id, _, seq_text = event_id.rpartition(":")
-            last_seq = int(seq_text) if seq_text.isdigit() else None
-        if session_id and isinstance(last_seq, int):
-            await self.sessions.ack(session_id, self, last_seq)
+            last_seq = int(seq_text)
+        session = self.sessions.sessions.get(session_id) if session_id else None
+        if session is None or session not in self._cursors or not isinstance(last_seq, int):
+            return
+        acked = min(max(self._acks[session], last_seq), self._cursors[session])
+        self._acks[session] = acked
+        self.sessions.ack(session.id, self)
 
     async def _on_response(self, message: dict[str, Any]) -> None:
         session = self.sessions.get(message["session_id"], self)
@@ -197,18 +331,22 @@ class Connection:
     def _notice(self, text: str, session_id: str | None = None) -> None:
         self.send_event(make_event("system.notice", session_id=session_id, content=text))
 
-    # -- closing ---------------------------------------------------------------------
+    # -- closing ---------------------------------------------------------------------------
 
     async def close(self, code: int = WSCloseCode.OK, timeout_s: float = 5.0) -> None:
-        """Flush what is queued (bounded by timeout_s), then close the socket."""
+        """Write what is owed (bounded by timeout_s), then close the socket."""
+        self._closing = True
+        self._wake.set()
         writer = self._writer
         if writer is not None and not writer.done():
             try:
-                self.queue.put_nowait(_CLOSE)
                 await asyncio.wait_for(asyncio.shield(writer), timeout_s)
-            except (asyncio.QueueFull, TimeoutError):
+            except TimeoutError:
                 writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await writer
+        if self._closer is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._closer
         if not self.ws.closed:
             await self.ws.close(code=code)

@@ -12,10 +12,14 @@ from datetime import UTC, datetime
 from importlib.resources import files
 from typing import Any
 
+import orjson
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
 
 PROTOCOL_VERSION = 1
+# Longest session_id, step_id or agent name a client may send (schemas/ say the same), so
+# no reply ever echoes an unbounded string back.
+MAX_ID_LENGTH = 128
 
 
 def load_schemas() -> dict[str, dict]:
@@ -49,18 +53,26 @@ class ProtocolError(Exception):
         path: str | None = None,
         reason: str | None = None,
         session_id: str | None = None,
+        **metadata: Any,
     ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.path = path
         self.reason = reason
-        self.session_id = session_id
+        # Echo the client's session id only when it is one the server could have issued.
+        self.session_id = session_id if session_id and len(session_id) <= MAX_ID_LENGTH else None
+        self.metadata = metadata
 
     def to_event(self) -> dict:
         """The system.error event that tells the client what to fix."""
         return error_event(
-            self.code, self.message, session_id=self.session_id, path=self.path, reason=self.reason
+            self.code,
+            self.message,
+            session_id=self.session_id,
+            path=self.path,
+            reason=self.reason,
+            **self.metadata,
         )
 
 
@@ -241,13 +253,19 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str)
+_ENCODE_OPTIONS = orjson.OPT_NON_STR_KEYS
+_fallback_encoder = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), default=str)
 
 
-def encode(event: dict) -> str:
-    """One compact UTF-8-friendly JSON text; a stray non-JSON value becomes its str()
-    rather than failing a turn halfway through."""
-    return _encoder.encode(event)
+def encode(event: dict) -> bytes:
+    """The event as compact UTF-8 JSON bytes: encoded once, sent as a text frame as it is.
+    A stray non-JSON value becomes its str() rather than failing a turn halfway through;
+    text that is not valid Unicode (lone surrogates from a client's escapes) is sent as
+    ASCII escapes instead of breaking the frame."""
+    try:
+        return orjson.dumps(event, default=str, option=_ENCODE_OPTIONS)
+    except (orjson.JSONEncodeError, TypeError):
+        return _fallback_encoder.encode(event).encode("ascii")
 
 
 def now_iso() -> str:

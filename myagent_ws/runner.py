@@ -1,6 +1,13 @@
-"""One turn: drive the agent, turn its steps into agent.* events, end with exactly one
-terminal event (final_answer, error, timeout or interrupted). It never encodes or sends:
-events go to `session.emit`.
+"""One turn: drive an agent, turn its steps into agent.* events, and end with exactly one
+terminal event (final_answer, error, timeout or interrupted).
+
+The runner gets an agent and an `emit` function, never a session or a socket. A `Turn`
+owns its task and its deadline, and its terminal event is decided by whoever comes first:
+the agent finishing, the deadline, `cancel()`, or `fail()`. Cancel and timeout do not wait
+for the agent to notice: the terminal event goes out at once, the task is cancelled, and
+whatever the agent yields afterwards is dropped. So a tool that ignores cancellation can
+delay nothing but the next turn of its own session, which waits for it to let go of the
+agent's memory (bounded by that turn's own deadline).
 """
 
 from __future__ import annotations
@@ -9,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from myagent.errors import AgentError
@@ -19,9 +26,10 @@ from .protocol import make_event
 
 if TYPE_CHECKING:
     from .metrics import Metrics
-    from .sessions import Session
 
 log = logging.getLogger(__name__)
+
+Emit = Callable[[dict[str, Any]], None]
 
 
 def step_event(step: Any) -> dict[str, Any]:
@@ -66,57 +74,109 @@ def step_event(step: Any) -> dict[str, Any]:
     raise TypeError(f"unknown agent step event {step!r}")
 
 
-async def run_turn(session: Session, text: str, timeout_s: float, metrics: Metrics) -> None:
-    """Run one turn of the session's agent; every outcome becomes exactly one terminal event."""
-    started = time.perf_counter()
-    metrics.turn_started()
-    pending_first = True
-
-    async def emit(event: dict[str, Any]) -> None:
-        nonlocal pending_first
-        if pending_first:
-            pending_first = False
-            metrics.first_event(time.perf_counter() - started)
-        await session.emit(event)
-
-    terminal = await _drive(session.agent, text, timeout_s, emit, session.id)
-    await emit(terminal)
-    metrics.turn_finished(terminal["event"].removeprefix("agent."), time.perf_counter() - started)
+def error_event(code: str, message: str) -> dict[str, Any]:
+    return make_event("agent.error", content=message, metadata={"code": code})
 
 
-async def _drive(
+def interrupted_event() -> dict[str, Any]:
+    return make_event("agent.interrupted", content="The turn was cancelled.")
+
+
+class Turn:
+    """One accepted user.message: its task, its deadline and its one terminal event."""
+
+    __slots__ = ("_emit", "_metrics", "_pending_first", "_started", "_timer", "open", "task")
+
+    def __init__(self, emit: Emit, metrics: Metrics, timeout_s: float) -> None:
+        self._emit = emit
+        self._metrics = metrics
+        self._started = time.perf_counter()
+        self._pending_first = True
+        self.open = True
+        self.task: asyncio.Task[None] | None = None
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(timeout_s, self._time_out, timeout_s)
+        metrics.turn_started()
+
+    def step(self, event: dict[str, Any]) -> None:
+        """Emit a step event, unless the turn has already ended."""
+        if self.open:
+            if self._pending_first:
+                self._pending_first = False
+                self._metrics.first_event(time.perf_counter() - self._started)
+            self._emit(event)
+
+    def finish(self, terminal: dict[str, Any]) -> bool:
+        """Emit the terminal event if none was yet; False if the turn had already ended."""
+        if not self.open:
+            return False
+        self.step(terminal)
+        self.open = False
+        self._timer.cancel()
+        outcome = terminal["event"].removeprefix("agent.")
+        self._metrics.turn_finished(outcome, time.perf_counter() - self._started)
+        return True
+
+    def cancel(self, terminal: dict[str, Any] | None = None) -> bool:
+        """End the turn now (agent.interrupted unless told otherwise) and stop its task,
+        without waiting for it; False if the turn had already ended."""
+        finished = self.finish(terminal or interrupted_event())
+        if self.task is not None:
+            self.task.cancel()
+        return finished
+
+    def fail(self, code: str, message: str) -> bool:
+        """End the turn now with agent.error (e.g. the session store failed)."""
+        return self.cancel(error_event(code, message))
+
+    def _time_out(self, timeout_s: float) -> None:
+        self.cancel(
+            make_event(
+                "agent.timeout",
+                content=f"The turn took longer than {timeout_s:g} s and was stopped.",
+                metadata={"timeout_s": timeout_s},
+            )
+        )
+
+
+def start_turn(
     agent: Any,
     text: str,
+    emit: Emit,
+    *,
     timeout_s: float,
-    emit: Callable[[dict[str, Any]], Awaitable[None]],
-    session_id: str,
-) -> dict[str, Any]:
-    """Emit the turn's step events; return (not emit) its terminal event."""
+    metrics: Metrics,
+    after: asyncio.Task[None] | None = None,
+    name: str = "turn",
+) -> Turn:
+    """Start one turn of `agent` as a task; `after` is the previous turn's task, which may
+    still be unwinding from a cancel."""
+    turn = Turn(emit, metrics, timeout_s)
+    turn.task = asyncio.create_task(_drive(agent, text, turn, after), name=name)
+    return turn
+
+
+async def _drive(agent: Any, text: str, turn: Turn, after: asyncio.Task[None] | None) -> None:
+    """Run the agent, emitting its steps; every way out finishes the turn."""
     try:
-        async with asyncio.timeout(timeout_s):
-            async with contextlib.aclosing(agent.run(text)) as steps:
-                async for step in steps:
-                    if isinstance(step, FinalAnswer):
-                        return make_event("agent.final_answer", content=step.text)
-                    await emit(step_event(step))
-        return _error("internal_error", "The agent stopped without an answer.")
-    except TimeoutError:
-        return make_event(
-            "agent.timeout",
-            content=f"The turn took longer than {timeout_s:g} s and was stopped.",
-            metadata={"timeout_s": timeout_s},
-        )
+        if after is not None and not after.done():
+            await asyncio.wait([after])  # the agent's memory is the previous turn's until then
+        async with contextlib.aclosing(agent.run(text)) as steps:
+            async for step in steps:
+                if isinstance(step, FinalAnswer):
+                    turn.finish(make_event("agent.final_answer", content=step.text))
+                    return
+                turn.step(step_event(step))
+        turn.finish(error_event("internal_error", "The agent stopped without an answer."))
     except asyncio.CancelledError:
-        return make_event("agent.interrupted", content="The turn was cancelled.")
+        turn.finish(interrupted_event())  # a no-op when cancel() already ended the turn
     except AgentError as exc:
-        return _error(exc.code, str(exc))
+        turn.finish(error_event(exc.code, str(exc)))
     except Exception as exc:
-        log.exception("turn in session %s failed", session_id)
-        return _error(
-            "internal_error",
-            f"The agent failed unexpectedly ({type(exc).__name__}); see the server log.",
+        log.exception("turn failed")
+        turn.finish(
+            error_event(
+                "internal_error",
+                f"The agent failed unexpectedly ({type(exc).__name__}); see the server log.",
+            )
         )
-
-
-def _error(code: str, message: str) -> dict[str, Any]:
-    return make_event("agent.error", content=message, metadata={"code": code})

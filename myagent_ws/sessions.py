@@ -1,8 +1,11 @@
 """Sessions: one agent instance each, alive across connections until ended or expired.
 
-`Session.emit` is the one place a session event gets its `seq` and `event_id`, is
-encoded (once) and logged, and reaches every attached connection. Nothing here touches a
-socket: a connection is anything with `send(frame)`.
+`Session.emit` is the one place a session event gets its `seq` and `event_id`, is cut to
+`max_event_bytes`, encoded (once), buffered and handed to every attached connection, all in
+one synchronous step: no await can come between a seq and its delivery, so nothing can
+lose a seq or reorder frames. Persistence and plugin observers follow, in order, in the
+session's follower task (only when a store keeps events or a plugin observes them).
+Nothing here touches a socket: a connection is anything with the `Reader` methods.
 """
 
 from __future__ import annotations
@@ -12,13 +15,15 @@ import contextlib
 import logging
 import secrets
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from . import runner
 from .metrics import Metrics
 from .protocol import ProtocolError, encode, make_event
 from .registry import AgentRegistry
+from .replay import ReplayBuffer
+from .runner import Turn, start_turn
 from .settings import Settings
 from .store import SessionRecord, Store
 
@@ -27,62 +32,135 @@ log = logging.getLogger(__name__)
 EventObserver = Callable[[str, dict[str, Any]], Awaitable[None]]
 
 
-class Sink(Protocol):
-    """The side of a connection that sessions may use."""
+class Reader(Protocol):
+    """The side of a connection that sessions use: it sends from each attached session's
+    buffer at its own cursor."""
 
     id: str
 
-    def send(self, frame: str) -> None: ...
+    def attach(self, session: Session, cursor: int) -> None: ...
+
+    def notify(self, session: Session, size: int) -> None: ...
+
+    def acked(self, session: Session) -> int: ...
 
 
 class Session:
     """One conversation with one agent instance; at most one turn runs at a time."""
 
     __slots__ = (
+        "_backlog",
+        "_follower",
         "_manager",
         "agent",
         "agent_name",
+        "buffer",
         "closed",
         "connections",
         "detached_since",
         "id",
+        "last_active",
         "seq",
         "turn",
     )
 
     def __init__(self, session_id: str, agent_name: str, agent: Any, manager: SessionManager):
+        settings = manager.settings
         self.id = session_id
         self.agent_name = agent_name
         self.agent = agent
         self.seq = 0
-        self.connections: set[Sink] = set()
-        self.turn: asyncio.Task[None] | None = None
+        self.buffer = ReplayBuffer(settings.replay_buffer, settings.replay_buffer_bytes)
+        self.connections: set[Reader] = set()
+        self.turn: Turn | None = None
         self.detached_since: float | None = None
+        self.last_active = time.monotonic()
         self.closed = False
         self._manager = manager
+        self._backlog: deque[tuple[int, bytes, dict[str, Any]]] = deque()
+        self._follower: asyncio.Task[None] | None = None
 
     @property
     def busy(self) -> bool:
-        return self.turn is not None and not self.turn.done()
+        return self.turn is not None and self.turn.open
 
-    async def emit(self, event: dict[str, Any]) -> None:
-        """Stamp, encode, log and fan out one session event."""
-        self.seq += 1
-        event["session_id"] = self.id
-        event["seq"] = self.seq
-        event["event_id"] = f"{self.id}:{self.seq}"
-        frame = encode(event)
+    def emit(self, event: dict[str, Any]) -> None:
+        """Stamp, cut, encode, buffer and hand out one session event, without awaiting."""
         manager = self._manager
+        self.seq = seq = self.seq + 1
+        event["session_id"] = self.id
+        event["seq"] = seq
+        event["event_id"] = f"{self.id}:{seq}"
+        content = event.get("content")
+        limit = manager.settings.max_event_bytes
+        if type(content) is str and len(content) * 4 > limit:
+            _cut_content(event, content, limit)
+        frame = encode(event)
+        self.buffer.append(frame)
+        size = len(frame)
+        for connection in self.connections:
+            connection.notify(self, size)
         manager.metrics.event_sent(event["event"])
-        await manager.store.append_event(self.id, self.seq, frame)
-        for connection in tuple(self.connections):
-            connection.send(frame)
-        if manager.observe is not None:
-            await manager.notify(self.id, event)
+        if manager.follows:
+            self._follow(seq, frame, event)
+
+    def _follow(self, seq: int, frame: bytes, event: dict[str, Any]) -> None:
+        """Queue the event for the store and the observers, which take it in order."""
+        if len(self._backlog) >= self.buffer.max_events:
+            self._store_failed(RuntimeError("the store fell a whole replay buffer behind"))
+            return
+        self._backlog.append((seq, frame, event))
+        if self._follower is None or self._follower.done():
+            self._follower = asyncio.create_task(self._run_follower(), name=f"follow {self.id}")
+
+    async def _run_follower(self) -> None:
+        manager = self._manager
+        backlog = self._backlog
+        while backlog:
+            batch = list(backlog)
+            backlog.clear()
+            if manager.store.keeps_events:
+                try:
+                    await manager.store.append_events(self.id, [(s, f) for s, f, _ in batch])
+                except Exception as exc:
+                    self._store_failed(exc)
+                    return
+            if manager.observe is not None:
+                for _, _, event in batch:
+                    await manager.notify(self.id, event)
+
+    def _store_failed(self, exc: BaseException) -> None:
+        """A store failure ends the running turn with agent.error; the session stays."""
+        log.error("session %s: the store failed: %r", self.id, exc)
+        self._manager.metrics.inbound_error("store_failure")
+        self._backlog.clear()
+        if self.turn is not None:
+            self.turn.fail(
+                "internal_error",
+                "The session store failed, so this turn was stopped; see the server log.",
+            )
+
+    async def drain(self) -> None:
+        """Wait until the store and observers have taken every event so far."""
+        if self._follower is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._follower
+
+
+def _cut_content(event: dict[str, Any], content: str, limit: int) -> None:
+    """Cut string content to `limit` UTF-8 bytes for the wire, saying so in metadata."""
+    data = content.encode("utf-8", "surrogatepass")
+    if len(data) <= limit:
+        return
+    event["content"] = data[:limit].decode("utf-8", "ignore")
+    metadata = dict(event.get("metadata") or {})
+    metadata["truncated"] = True
+    metadata["original_bytes"] = len(data)
+    event["metadata"] = metadata
 
 
 class SessionManager:
-    """Creates, finds, runs, resumes and ends sessions; owns every turn task."""
+    """Creates, finds, runs, resumes and ends sessions."""
 
     def __init__(
         self,
@@ -99,12 +177,17 @@ class SessionManager:
         self.model = model
         self.sessions: dict[str, Session] = {}
         # connection -> its sessions, so limits and disconnects never scan every session
-        self.attached: dict[Sink, set[Session]] = {}
-        # Set only when a plugin observes events, so an unused hook costs one test per event.
+        self.attached: dict[Reader, set[Session]] = {}
+        # Set only when a plugin observes events, so an unused hook costs nothing per event.
         self.observe: EventObserver | None = None
 
     def __len__(self) -> int:
         return len(self.sessions)
+
+    @property
+    def follows(self) -> bool:
+        """Whether events go anywhere after the wire (a store that keeps them, observers)."""
+        return self.store.keeps_events or self.observe is not None
 
     async def notify(self, session_id: str, event: dict[str, Any]) -> None:
         """Tell the observer; its failure is logged and never breaks a turn."""
@@ -113,15 +196,9 @@ class SessionManager:
         except Exception:
             log.exception("event observer failed")
 
-    async def create(self, agent_name: str | None, connection: Sink) -> Session:
+    async def create(self, agent_name: str | None, connection: Reader) -> Session:
         spec = self.registry.resolve(agent_name)
-        owned = len(self.attached.get(connection, ()))
-        if owned >= self.settings.max_sessions_per_connection:
-            raise ProtocolError(
-                "too_many_sessions",
-                f"This connection already has {owned} sessions, the limit; "
-                "end one with user.end_session first.",
-            )
+        self._check_room(connection)
         try:
             agent = spec.factory()
         except Exception as exc:
@@ -133,21 +210,39 @@ class SessionManager:
             ) from None
         if getattr(agent, "model", None) is None:
             agent.model = self.model
-        session = Session(f"s_{secrets.token_hex(8)}", spec.name, agent, self)
-        self._attach(session, connection)
+        if getattr(agent, "max_history_turns", 0) is None:
+            agent.max_history_turns = self.settings.max_history_turns
+        session = Session(f"s_{secrets.token_urlsafe(16)}", spec.name, agent, self)
         self.sessions[session.id] = session
-        await self.store.save_session(SessionRecord(session.id, spec.name, time.time()))
+        self._attach(session, connection, 0)
         llm = agent.model.describe() if hasattr(agent.model, "describe") else {}
-        await session.emit(
+        session.emit(
             make_event(
                 "agent.session_created",
                 content={"session_id": session.id, "agent": spec.name},
                 metadata={"agent": spec.name, "llm": llm},
             )
         )
+        await self.store.save_session(SessionRecord(session.id, spec.name, time.time()))
         return session
 
-    def get(self, session_id: str, connection: Sink) -> Session:
+    def _check_room(self, connection: Reader) -> None:
+        """too_many_sessions past the per-connection or the per-process limit."""
+        settings = self.settings
+        owned = len(self.attached.get(connection, ()))
+        if owned >= settings.max_sessions_per_connection:
+            raise ProtocolError(
+                "too_many_sessions",
+                f"This connection already has {owned} sessions, the limit; "
+                "end one with user.end_session first.",
+            )
+        if len(self.sessions) >= settings.max_sessions:
+            raise ProtocolError(
+                "too_many_sessions",
+                f"This server holds {len(self.sessions)} sessions, its limit; try again later.",
+            )
+
+    def get(self, session_id: str, connection: Reader) -> Session:
         """The session, if this connection is attached to it (others cannot see it)."""
         session = self.sessions.get(session_id)
         if session is None or connection not in session.connections:
@@ -157,6 +252,7 @@ class SessionManager:
                 "user.create_session or attach with user.reconnect.",
                 session_id=session_id,
             )
+        session.last_active = time.monotonic()
         return session
 
     def start_turn(self, session: Session, text: str) -> None:
@@ -166,24 +262,25 @@ class SessionManager:
                 "This session is still answering; wait for its final event or send user.cancel.",
                 session_id=session.id,
             )
-        session.turn = asyncio.create_task(
-            runner.run_turn(session, text, self.settings.turn_timeout_s, self.metrics),
+        previous = session.turn.task if session.turn is not None else None
+        session.turn = start_turn(
+            session.agent,
+            text,
+            session.emit,
+            timeout_s=self.settings.turn_timeout_s,
+            metrics=self.metrics,
+            after=previous,
             name=f"turn {session.id}",
         )
 
-    async def cancel_turn(self, session: Session) -> bool:
-        """Cancel the running turn and wait for its agent.interrupted; False if none ran."""
-        task = session.turn
-        if task is None or task.done():
-            return False
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        return True
+    def cancel_turn(self, session: Session) -> bool:
+        """End the running turn with agent.interrupted now; False if none was running."""
+        return session.turn is not None and session.turn.cancel()
 
-    async def reconnect(self, session_id: str, connection: Sink, last_seq: int) -> Session:
-        """Attach a connection to a live session: replay what it has not seen, in order,
-        then say agent.session_resumed; live events follow without a gap or a repeat."""
+    def reconnect(self, session_id: str, connection: Reader, last_seq: int) -> Session:
+        """Attach a connection to a live session from `last_seq`: it is sent every buffered
+        event after that, in order, then agent.session_resumed, then live events. Events
+        after `last_seq` that are no longer buffered are named in metadata.replay_gap."""
         session = self.sessions.get(session_id)
         if session is None:
             raise ProtocolError(
@@ -191,34 +288,39 @@ class SessionManager:
                 f"Session {session_id!r} has ended or expired; create a new one.",
                 session_id=session_id,
             )
-        sent, replayed = last_seq, 0
-        for _ in range(8):  # a store that suspends can let a running turn add events
-            for seq, frame in await self.store.events_after(session_id, sent):
-                connection.send(frame)
-                sent, replayed = seq, replayed + 1
-            if sent >= session.seq:
-                break
-        self._attach(session, connection)  # no await since the check: nothing slips between
-        await session.emit(
+        if connection not in session.connections:
+            self._check_room(connection)
+        buffer = session.buffer
+        last_seq = min(max(last_seq, 0), session.seq)
+        cursor = max(last_seq, buffer.first_seq - 1)
+        metadata: dict[str, Any] = {"last_seq": last_seq, "replayed": session.seq - cursor}
+        if cursor > last_seq:
+            metadata["replay_gap"] = {"from": last_seq + 1, "to": cursor}
+        self._attach(session, connection, cursor)
+        session.last_active = time.monotonic()
+        session.emit(
             make_event(
                 "agent.session_resumed",
                 content={"session_id": session.id, "agent": session.agent_name},
-                metadata={"last_seq": last_seq, "replayed": replayed},
+                metadata=metadata,
             )
         )
         return session
 
-    async def ack(self, session_id: str, connection: Sink, last_seq: int) -> None:
+    def ack(self, session_id: str, connection: Reader) -> None:
+        """Trim what every attached connection has acknowledged (the connection has
+        recorded its own ack already); one connection's ack never trims for another."""
         session = self.sessions.get(session_id)
         if session is not None and connection in session.connections:
-            await self.store.trim_events(session_id, last_seq)
+            session.buffer.trim(min(c.acked(session) for c in session.connections))
 
-    def _attach(self, session: Session, connection: Sink) -> None:
+    def _attach(self, session: Session, connection: Reader, cursor: int) -> None:
         session.connections.add(connection)
         session.detached_since = None
         self.attached.setdefault(connection, set()).add(session)
+        connection.attach(session, cursor)
 
-    def detach(self, connection: Sink) -> None:
+    def detach(self, connection: Reader) -> None:
         """A connection went away: its sessions wait for a reconnect until the TTL."""
         now = time.monotonic()
         for session in self.attached.pop(connection, ()):
@@ -226,36 +328,44 @@ class SessionManager:
             if not session.connections:
                 session.detached_since = now
 
-    async def end(self, session: Session, reason: str) -> None:
-        """Interrupt its turn, say agent.session_end, and free everything it holds."""
+    async def end(self, session: Session, reason: str, detail: str = "") -> None:
+        """Interrupt its turn, say agent.session_end, and free everything it holds. The
+        attached connections still send what they have not sent of it."""
         if session.closed:
             return
         session.closed = True
-        await self.cancel_turn(session)
-        await session.emit(
+        if session.turn is not None:
+            session.turn.cancel()
+        session.emit(
             make_event(
                 "agent.session_end",
-                content=f"Session ended ({reason}).",
+                content=f"Session ended ({detail or reason}).",
                 metadata={"reason": reason},
             )
         )
         self.sessions.pop(session.id, None)
         for connection in session.connections:
             self.attached.get(connection, set()).discard(session)
-        session.connections.clear()
         session.agent = None
+        await session.drain()
         await self.store.delete_session(session.id)
 
     async def reap(self) -> int:
-        """End sessions left without a connection for longer than the TTL."""
-        deadline = time.monotonic() - self.settings.session_ttl_s
-        expired = [
-            s
-            for s in self.sessions.values()
-            if s.detached_since is not None and s.detached_since <= deadline and not s.busy
-        ]
-        for session in expired:
-            await self.end(session, "expired")
+        """End sessions left without a connection for session_ttl_s, and attached ones
+        with no message for session_idle_ttl_s."""
+        now = time.monotonic()
+        detached_before = now - self.settings.session_ttl_s
+        idle_before = now - self.settings.session_idle_ttl_s
+        expired = []
+        for s in self.sessions.values():
+            if s.busy:
+                continue
+            if s.detached_since is not None and s.detached_since <= detached_before:
+                expired.append((s, f"no connection for {self.settings.session_ttl_s:g} s"))
+            elif s.connections and s.last_active <= idle_before:
+                expired.append((s, f"idle for {self.settings.session_idle_ttl_s:g} s"))
+        for session, detail in expired:
+            await self.end(session, "expired", detail)
         return len(expired)
 
     async def run_reaper(self) -> None:
@@ -268,4 +378,4 @@ class SessionManager:
 
     async def shutdown(self) -> None:
         for session in list(self.sessions.values()):
-            await self.end(session, "server_shutdown")
+            await self.end(session, "shutdown", "server shutdown")

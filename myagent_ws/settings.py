@@ -1,4 +1,9 @@
-"""Every limit and default of the server in one place, so each has one name and one value."""
+"""Every limit and default of the server in one place, so each has one name and one value.
+
+Each field is also a `myagent-ws server --field-name` option and a `MYAGENT_WS_FIELD_NAME`
+environment variable (generated from this dataclass by the CLI; the flag wins). The
+comment above a field is its help text.
+"""
 
 from __future__ import annotations
 
@@ -7,38 +12,83 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """Server settings; the CLI fills them from flags and tests build them directly."""
+    """Server settings; the CLI fills them from flags and the environment, tests build
+    them directly."""
 
+    # Interface to listen on.
     host: str = "localhost"
+    # Port to listen on.
     port: int = 8080
-    # Serve /health, /ready and /metrics on this port too (e.g. for a private network).
+    # Also serve /health, /ready and /metrics on this port (e.g. for a private network).
     health_port: int | None = None
+    # Tracebacks on errors; log every frame in and out.
     debug: bool = False
 
-    # LLM: with neither a base URL nor an API key the built-in offline model serves.
+    # LLM model name (also MYAGENT_MODEL); with neither a base URL nor an API key the
+    # built-in offline model serves.
     model: str | None = None
+    # OpenAI-compatible endpoint (also OPENAI_BASE_URL).
     llm_base_url: str | None = None
+    # API key for the endpoint (also OPENAI_API_KEY).
     llm_api_key: str | None = None
+    # Seconds one LLM request may take.
     llm_timeout_s: float = 60.0
 
     # Inbound frames larger than this get message_too_large; the connection stays open.
     max_frame_bytes: int = 1 << 20
     # Frames past this many times max_frame_bytes make aiohttp close the socket (1009).
     frame_ceiling_factor: int = 8
-    # Outbound frames waiting for one slow client; past this the client is disconnected
-    # (its sessions live on, and a reconnect replays what it missed).
-    send_queue_size: int = 1024
+    # Inbound frames per second per connection (acks exempt); more get rate_limited.
+    rate_limit_per_s: float = 20.0
+    # Frames a connection may send at once before rate_limit_per_s applies.
+    rate_limit_burst: int = 60
+    # Bytes written to one connection's socket but not yet taken by the client, beyond
+    # which it is closed with code 4008 (its sessions stay resumable).
+    send_buffer_bytes: int = 1 << 20
+    # String content longer than this (UTF-8 bytes) is cut for the wire, with
+    # metadata.truncated; the agent keeps the full text.
+    max_event_bytes: int = 256 << 10
 
+    # Sessions per process; more get too_many_sessions.
+    max_sessions: int = 10_000
+    # Sessions per connection; more get too_many_sessions.
     max_sessions_per_connection: int = 16
-    # A session with no connection attached is kept this long for a reconnect.
+    # Seconds a session with no connection attached waits for user.reconnect.
     session_ttl_s: float = 300.0
+    # Seconds an attached session may go without a message before it is ended.
+    session_idle_ttl_s: float = 3600.0
+    # Seconds between sweeps for expired sessions.
     reap_interval_s: float = 5.0
     # Events kept per session for replay after a reconnect.
     replay_buffer: int = 1000
+    # Bytes of events kept per session for replay after a reconnect.
+    replay_buffer_bytes: int = 1 << 20
+    # Whole turns of conversation memory kept per session (the system prompt always is).
+    max_history_turns: int = 50
 
+    # Seconds a turn may run before it ends with agent.timeout.
     turn_timeout_s: float = 300.0
-    # Application-level system.heartbeat interval; 0 disables it.
+    # Seconds between system.heartbeat events; 0 disables them.
     heartbeat_s: float = 30.0
-    # WebSocket ping interval that detects dead peers.
+    # Seconds between WebSocket pings that detect dead peers; 0 disables them.
     ws_ping_s: float = 20.0
+    # Seconds shutdown waits to flush each connection.
     shutdown_timeout_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.replay_buffer_bytes < self.max_event_bytes:
+            raise ValueError(
+                f"replay_buffer_bytes ({self.replay_buffer_bytes}) must be at least "
+                f"max_event_bytes ({self.max_event_bytes}), or one event could not be replayed."
+            )
+        for name in (
+            "rate_limit_per_s",
+            "rate_limit_burst",
+            "send_buffer_bytes",
+            "max_event_bytes",
+            "max_sessions",
+            "replay_buffer",
+            "max_history_turns",
+        ):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, not {getattr(self, name)!r}.")

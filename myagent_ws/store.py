@@ -1,14 +1,12 @@
 """Where session records and the per-session event log live.
 
 Sessions talk to a Store, never to a dict, so that a Redis store can later let any of
-several server processes serve any session. The event log keeps encoded frames (one
-encode per event) in a bounded buffer: what a reconnecting client can be replayed.
+several server processes serve any session.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections import deque
 from dataclasses import dataclass
 
 
@@ -22,7 +20,13 @@ class SessionRecord:
 
 
 class Store(ABC):
-    """Session state and event log; every method may do I/O, so all are async."""
+    """Session records and, for stores that outlive the process, the event log. Every
+    method may do I/O, so all are async; none is called between stamping an event and
+    sending it (sessions persist events after the fact, in order)."""
+
+    # Whether append_events is worth calling: the replay buffer already holds recent events
+    # in this process, so only a store shared with other processes keeps them too.
+    keeps_events: bool = False
 
     @abstractmethod
     async def save_session(self, record: SessionRecord) -> None:
@@ -36,53 +40,29 @@ class Store(ABC):
     async def delete_session(self, session_id: str) -> None:
         """Forget the record and its event log."""
 
-    @abstractmethod
-    async def append_event(self, session_id: str, seq: int, frame: str) -> None:
-        """Log one encoded event; the oldest are dropped past the buffer size."""
-
-    @abstractmethod
-    async def events_after(self, session_id: str, seq: int) -> list[tuple[int, str]]:
-        """Logged (seq, frame) pairs with seq greater than `seq`, oldest first."""
-
-    @abstractmethod
-    async def trim_events(self, session_id: str, upto_seq: int) -> None:
-        """Drop logged events up to and including `upto_seq` (the client has them)."""
+    async def append_events(self, session_id: str, events: list[tuple[int, bytes]]) -> None:
+        """Log encoded events (seq, frame), oldest first; called only if keeps_events."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no events")
 
     async def close(self) -> None:  # noqa: B027 (optional hook, not abstract)
         """Release connections; nothing to do for stores that hold none."""
 
 
 class MemoryStore(Store):
-    """The single-process store: plain dicts and one bounded deque per session."""
+    """The single-process store: a dict of records (events live in each session's replay
+    buffer)."""
 
-    def __init__(self, replay_buffer: int = 1000) -> None:
-        self._replay_buffer = replay_buffer
+    def __init__(self) -> None:
         self._records: dict[str, SessionRecord] = {}
-        self._logs: dict[str, deque[tuple[int, str]]] = {}
 
     async def save_session(self, record: SessionRecord) -> None:
         self._records[record.session_id] = record
-        self._logs.setdefault(record.session_id, deque(maxlen=self._replay_buffer))
 
     async def load_session(self, session_id: str) -> SessionRecord | None:
         return self._records.get(session_id)
 
     async def delete_session(self, session_id: str) -> None:
         self._records.pop(session_id, None)
-        self._logs.pop(session_id, None)
-
-    async def append_event(self, session_id: str, seq: int, frame: str) -> None:
-        log = self._logs.get(session_id)
-        if log is not None:
-            log.append((seq, frame))
-
-    async def events_after(self, session_id: str, seq: int) -> list[tuple[int, str]]:
-        return [item for item in self._logs.get(session_id, ()) if item[0] > seq]
-
-    async def trim_events(self, session_id: str, upto_seq: int) -> None:
-        log = self._logs.get(session_id)
-        while log and log[0][0] <= upto_seq:
-            log.popleft()
 
     def __len__(self) -> int:
         return len(self._records)

@@ -396,7 +396,7 @@ SERVER_SAMPLES: dict[str, dict[str, Any]] = {
     },
     "agent.timeout": {"content": "The turn took longer than 300 s."},
     "agent.interrupted": {"content": "The turn was cancelled."},
-    "agent.session_end": {"content": "Session ended.", "metadata": {"reason": "ended by client"}},
+    "agent.session_end": {"content": "Session ended.", "metadata": {"reason": "ended"}},
 }
 
 
@@ -481,7 +481,7 @@ def test_error_event_validates(proto: Protocol) -> None:
 
 def test_encode_is_compact_round_trips_and_keeps_non_ascii() -> None:
     event = make_event("agent.final_answer", session_id="s_1", content='北京 ☀️ 25°C "q"\n')
-    text = encode(event)
+    text = encode(event).decode("utf-8")
     assert json.loads(text) == event
     assert "北京 ☀️" in text and "\\u" not in text
     assert ", " not in text and '": ' not in text
@@ -495,3 +495,11 @@ def test_docs_show_a_valid_example_for_every_error_code(proto: Protocol) -> None
         event = {**json.loads(frame), "timestamp": now_iso()}  # the docs elide timestamps
         proto.check_outbound(event)
         assert event["metadata"]["code"] == code
+
+
+def test_encode_sends_lone_surrogates_as_ascii_escapes_not_broken_utf8() -> None:
+    # json.loads accepts "\ud800" from a client; echoing it must still give a valid frame.
+    event = make_event("agent.final_answer", session_id="s_1", content="bad \ud800 text 北京")
+    frame = encode(event)
+    assert frame.decode("ascii")  # valid UTF-8 (ASCII) on the wire
+    assert json.loads(frame)["content"] == "bad \ud800 text 北京"

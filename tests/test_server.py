@@ -250,7 +250,7 @@ async def test_disconnect_mid_turn_leaks_nothing_and_session_expires(serve, conn
     gate = key()
     await client.send({"event": "user.message", "session_id": sid, "content": gate})
     await asyncio.wait_for(WaitTool.entered(gate).wait(), 5)
-    turn = manager.sessions[sid].turn
+    turn = manager.sessions[sid].turn.task
     await client.ws.close()
     # The turn outlives the connection (a reconnect could pick it up), then ends.
     WaitTool.gate(gate).set()
