@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import ast
+import dataclasses
+import functools
+import inspect
+import itertools
 import json
 import logging
+import re
 import sys
 import traceback
+import typing
 from collections.abc import Callable
 from typing import Any
 
@@ -14,6 +21,14 @@ import click
 from . import __version__
 from .registry import AgentRegistry, StartupError
 from .settings import Settings
+
+ENV_PREFIX = "MYAGENT_WS_"
+# Older names some settings are also read from, after their MYAGENT_WS_ variable.
+ENV_ALIASES = {
+    "model": ["MYAGENT_MODEL"],
+    "llm_base_url": ["OPENAI_BASE_URL"],
+    "llm_api_key": ["OPENAI_API_KEY"],
+}
 
 
 def _fail(exc: Exception, debug: bool) -> None:
@@ -38,6 +53,61 @@ def _load(
     return build_registry(pm, sources, say), pm
 
 
+def field_help(cls: type) -> dict[str, str]:
+    """Each field's help text: the comment lines directly above it in `cls`'s source."""
+    lines, _ = inspect.getsourcelines(cls)
+    helps = {}
+    for node in ast.parse("".join(lines)).body[0].body:
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            above = lines[: node.lineno - 1][::-1]
+            comment = itertools.takewhile(lambda line: line.lstrip().startswith("#"), above)
+            text = [line.strip().removeprefix("#").strip() for line in comment]
+            helps[node.target.id] = " ".join(reversed(text))
+    return helps
+
+
+def setting_option(field: dataclasses.Field[Any], kind: Any, help_text: str) -> Any:
+    """`--field-name` / MYAGENT_WS_FIELD_NAME for one Settings field. It defaults to None:
+    "not given", so the dataclass default applies and is written down only there."""
+    kind = next(t for t in typing.get_args(kind) or [kind] if t is not type(None))
+    flag = "--" + field.name.replace("_", "-")
+    if field.default not in (None, dataclasses.MISSING):
+        help_text += f"  [default: {field.default}]"
+    return click.option(
+        f"{flag}/--no-{flag[2:]}" if kind is bool else flag,
+        field.name,
+        type=None if kind is bool else kind,
+        default=None,
+        envvar=[ENV_PREFIX + field.name.upper(), *ENV_ALIASES.get(field.name, [])],
+        show_envvar=True,
+        help=help_text,
+    )
+
+
+def settings_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """One option per Settings field (flag, then environment, then the dataclass default);
+    `command` gets them as one `settings` argument. A value Settings rejects exits 2."""
+    fields = dataclasses.fields(Settings)
+    names = [field.name for field in fields]
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        given = {name: value for name in names if (value := kwargs.pop(name)) is not None}
+        try:
+            settings = Settings(**given)
+        except ValueError as exc:
+            ctx = click.get_current_context()
+            named = re.search(rf"\b({'|'.join(names)})\b", str(exc))
+            param = next((p for p in ctx.command.params if named and p.name == named[1]), None)
+            raise click.BadParameter(str(exc), ctx, param) from None
+        return command(*args, settings=settings, **kwargs)
+
+    hints, helps = typing.get_type_hints(Settings), field_help(Settings)
+    for field in reversed(fields):
+        run = setting_option(field, hints[field.name], helps[field.name])(run)
+    return run
+
+
 def agent_sources(command: Callable[..., Any]) -> Callable[..., Any]:
     """The options that say which agents to serve, shared by `server` and `agents`."""
     for option in reversed(
@@ -53,7 +123,6 @@ def agent_sources(command: Callable[..., Any]) -> Callable[..., Any]:
             click.option(
                 "--all-plugins", is_flag=True, help="Serve every installed plugin's agents."
             ),
-            click.option("--debug", is_flag=True, help="Tracebacks on errors; log every frame."),
         ]
     ):
         command = option(command)
@@ -68,47 +137,29 @@ def cli() -> None:
 
 @cli.command()
 @agent_sources
-@click.option("--host", default="localhost", show_default=True, help="Interface to listen on.")
-@click.option("--port", default=8080, show_default=True, type=int, help="Port to listen on.")
-@click.option("--health-port", type=int, help="Also serve /health, /ready, /metrics on this port.")
 @click.option("--default", "default_agent", help="Agent used when a client names none.")
-@click.option("--model", envvar="MYAGENT_MODEL", help="LLM model name [env: MYAGENT_MODEL].")
-@click.option(
-    "--llm-base-url",
-    envvar="OPENAI_BASE_URL",
-    help="OpenAI-compatible endpoint [env: OPENAI_BASE_URL].",
-)
+@settings_options
 def server(
     files: tuple[str, ...],
     plugins: tuple[str, ...],
     all_plugins: bool,
-    debug: bool,
-    host: str,
-    port: int,
-    health_port: int | None,
     default_agent: str | None,
-    model: str | None,
-    llm_base_url: str | None,
+    settings: Settings,
 ) -> None:
-    """Serve the agents of FILES (Python files) and plugins until Ctrl-C."""
+    """Serve the agents of FILES (Python files) and plugins until Ctrl-C.
+
+    Every setting is a flag and a MYAGENT_WS_ environment variable; the flag wins."""
     from aiohttp import web
 
     from .app import create_app, model_for
 
+    debug, host, port = settings.debug, settings.host, settings.port
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if not debug:
         logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    settings = Settings(
-        host=host,
-        port=port,
-        health_port=health_port,
-        debug=debug,
-        model=model,
-        llm_base_url=llm_base_url,
-    )
     try:
         registry, pm = _load(files, plugins, all_plugins, default_agent, click.echo)
         llm = model_for(settings)
@@ -123,7 +174,7 @@ def server(
         click.echo(f"🧠 LLM: {info.get('model')} at {info.get('base_url') or 'api.openai.com'}")
     shown = "localhost" if host in ("0.0.0.0", "::", "localhost") else host
     click.echo(f"🚀 MyAgent WebSocket server running at ws://{shown}:{port}")
-    operator = f"http://{shown}:{health_port or port}"
+    operator = f"http://{shown}:{settings.health_port or port}"
     click.echo(f"   console: http://{shown}:{port}/   health: {operator}/health")
     app = create_app(settings, registry, pm=pm, model=llm)
     web.run_app(app, host=host, port=port, print=None, shutdown_timeout=settings.shutdown_timeout_s)
@@ -131,6 +182,7 @@ def server(
 
 @cli.command()
 @agent_sources
+@click.option("--debug", is_flag=True, help="Tracebacks on errors.")
 def agents(
     files: tuple[str, ...], plugins: tuple[str, ...], all_plugins: bool, debug: bool
 ) -> None:

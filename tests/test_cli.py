@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -199,3 +200,24 @@ def test_seed_javascript_snippet_runs_unchanged_in_node(cli_server):
 def _node_has_websocket(node: str) -> bool:
     check = subprocess.run([node, "-e", "process.exit(typeof WebSocket === 'undefined' ? 1 : 0)"])
     return check.returncode == 0
+
+
+async def test_settings_from_the_environment_reach_the_server(cli_server):
+    """MYAGENT_WS_* variables take effect in the real console script."""
+    server = cli_server(WEATHER, env={"MYAGENT_WS_MAX_SESSIONS_PER_CONNECTION": "1"})
+    async with websockets.connect(server.url) as ws:
+        assert json.loads(await ws.recv())["event"] == "system.connected"
+        await ws.send(json.dumps({"event": "user.create_session"}))
+        assert json.loads(await ws.recv())["event"] == "agent.session_created"
+        await ws.send(json.dumps({"event": "user.create_session"}))
+        error = json.loads(await asyncio.wait_for(ws.recv(), 10))
+    assert error["event"] == "system.error"
+    assert error["metadata"]["code"] == "too_many_sessions"
+
+
+def test_bad_setting_exits_2_naming_the_option():
+    result = run_cli("server", WEATHER, env={**os.environ, "MYAGENT_WS_MAX_SESSIONS": "lots"})
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1 and "MYAGENT_WS_MAX_SESSIONS" in errors[0], result.stderr
+    assert "Traceback" not in result.stderr
