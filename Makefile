@@ -9,8 +9,8 @@ PORT ?= 8080
 
 PLUGINS := plugins/weather plugins/calculator
 
-# The host first, then the example plugin packages (the weather example imports its tools
-# from plugins/weather); editable, so their entry points are real package metadata.
+# The host first, then the example plugin packages (the files in examples/ need only the
+# host); editable, so their entry points are real package metadata.
 $(STAMP): setup.cfg setup.py $(addsuffix /pyproject.toml,$(PLUGINS))
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel

@@ -6,15 +6,14 @@ Ask "北京今天天气怎么样？" or "What's the weather in Paris?". The data
 weather API key needed), so it answers the same way every time; with no LLM configured
 the built-in offline model picks the tool and the city from your words.
 
-The tools live in the myagent-ws-weather plugin package (plugins/weather, installed by
-`pip install -e plugins/weather`), which also serves this agent as
-`myagent-ws server --plugin weather`. This file shows the other way: an agent file is just
-a module with a module-level `agent`.
+The tools are demo tools that ship with the project (`myagent.demo.weather`), so this file
+serves after a plain `pip install .`. The optional myagent-ws-weather plugin package
+(plugins/weather) serves the same agent as `myagent-ws server --plugin weather`; this file
+shows the other way: an agent file is just a module with a module-level `agent`.
 """
 
-from myagent_ws_weather.tools import GetCityInfoTool, GetWeatherTool
-
 from myagent import create_react_agent
+from myagent.demo.weather import GetCityInfoTool, GetWeatherTool
 
 # The server clones this agent for every session: each session gets its own memory.
 agent = create_react_agent(

@@ -8,40 +8,51 @@ import os
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
-from tests.conftest import ROOT, WEATHER
+import aiohttp
+import pytest
+
+from tests.client import WsClient
+from tests.conftest import EXAMPLES, ROOT, WEATHER, CliServer, free_port
 
 # -S: no site-packages, so only what was installed into the target directory is importable.
 PYTHON = [sys.executable, "-S"]
-PROJECTS = (ROOT, ROOT / "plugins" / "weather", ROOT / "plugins" / "calculator")
+PLUGINS = (ROOT / "plugins" / "weather", ROOT / "plugins" / "calculator")
+
+# Every file in examples/: the agent it serves and a question the offline model can answer.
+EXAMPLE_TURNS = {
+    "my_agent.py": ("greeter", "Please greet Ada", "Hello, Ada!"),
+    "ws_weather_agent.py": ("weather-assistant", "北京今天天气怎么样？", "25°C"),
+}
 
 
 def run(*command: str, **kwargs) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, capture_output=True, text=True, timeout=300, **kwargs)
 
 
-def test_wheels_ship_schemas_and_serve_agents_outside_the_source_tree(tmp_path):
-    wheels = tmp_path / "wheels"
-    for project in PROJECTS:
-        built = run(
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "-q",
-            "--no-deps",
-            "--no-build-isolation",
-            "-w",
-            str(wheels),
-            str(project),
-        )
-        assert built.returncode == 0, built.stderr
-    (host,) = wheels.glob("myagent_ws-*.whl")
-    shipped = zipfile.ZipFile(host).namelist()
-    schema_files = sorted(p.name for p in (ROOT / "schemas").glob("*.json"))
-    assert schema_files and all(f"myagent_ws/schemas/{name}" in shipped for name in schema_files)
+def build_wheel(project: Path, wheels: Path) -> Path:
+    """The wheel of one project (without its dependencies), built into `wheels`."""
+    before = set(wheels.glob("*.whl"))
+    built = run(
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "-q",
+        "--no-deps",
+        "--no-build-isolation",
+        "-w",
+        str(wheels),
+        str(project),
+    )
+    assert built.returncode == 0, built.stderr
+    (wheel,) = set(wheels.glob("*.whl")) - before
+    return wheel
 
-    target = tmp_path / "site"
+
+def install(target: Path, *wheels: Path) -> Path:
+    """`target`, with `wheels` and their dependencies installed into it (and nothing else)."""
     installed = run(
         sys.executable,
         "-m",
@@ -51,10 +62,40 @@ def test_wheels_ship_schemas_and_serve_agents_outside_the_source_tree(tmp_path):
         "--ignore-installed",
         "--target",
         str(target),
-        *map(str, sorted(wheels.glob("*.whl"))),
+        *map(str, wheels),
     )
     assert installed.returncode == 0, installed.stderr
-    env = {**os.environ, "PYTHONPATH": str(target)}
+    return target
+
+
+def only(target: Path) -> dict[str, str]:
+    """The environment in which `python -S` imports from `target` alone; read when called,
+    so it has no LLM settings (the autouse fixture removed them: the offline model answers)."""
+    return {**os.environ, "PYTHONPATH": str(target)}
+
+
+@pytest.fixture(scope="module")
+def host_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The project's own wheel (what `pip install .` installs), built once per module."""
+    return build_wheel(ROOT, tmp_path_factory.mktemp("host-wheel"))
+
+
+@pytest.fixture(scope="module")
+def host_only(tmp_path_factory: pytest.TempPathFactory, host_wheel: Path) -> Path:
+    """Where a plain `pip install .` put things: the host and its dependencies, no plugin."""
+    return install(tmp_path_factory.mktemp("host-site"), host_wheel)
+
+
+def test_wheels_ship_schemas_and_serve_agents_outside_the_source_tree(tmp_path, host_wheel):
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    plugin_wheels = [build_wheel(project, wheels) for project in PLUGINS]
+    shipped = zipfile.ZipFile(host_wheel).namelist()
+    schema_files = sorted(p.name for p in (ROOT / "schemas").glob("*.json"))
+    assert schema_files and all(f"myagent_ws/schemas/{name}" in shipped for name in schema_files)
+
+    target = tmp_path / "site"
+    env = only(install(target, host_wheel, *plugin_wheels))
 
     probe = (
         "import json, myagent_ws, myagent, myagent_ws_weather; from myagent_ws.protocol import"
@@ -88,3 +129,52 @@ def test_wheels_ship_schemas_and_serve_agents_outside_the_source_tree(tmp_path):
     assert served.returncode == 0, served.stderr
     rows = served.stdout.splitlines()[1:]
     assert [row.split()[0] for row in rows] == ["weather-assistant", "calculator"]
+
+
+class InstalledServer(CliServer):
+    """`python -S -m myagent_ws server FILE` on a free loopback port, importing only what
+    `env` installed; started from `cwd`, away from the source tree. Shares CliServer's
+    wait_ready and stop (SIGINT, then kill)."""
+
+    def __init__(self, agent_file: Path, env: dict[str, str], cwd: Path) -> None:
+        self.port = free_port()
+        self.url = f"ws://127.0.0.1:{self.port}"
+        command = [*PYTHON, "-m", "myagent_ws", "server", str(agent_file)]
+        self.proc = subprocess.Popen(
+            [*command, "--host", "127.0.0.1", "--port", str(self.port)],
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+
+@pytest.mark.parametrize("example", sorted(EXAMPLES.glob("*.py")), ids=lambda p: p.name)
+async def test_every_example_serves_with_only_the_project_installed(
+    example: Path, host_only: Path, tmp_path: Path
+) -> None:
+    assert example.name in EXAMPLE_TURNS, f"add {example.name} to EXAMPLE_TURNS"
+    agent, question, answer = EXAMPLE_TURNS[example.name]
+    env = only(host_only)
+
+    listed = run(*PYTHON, "-m", "myagent_ws", "agents", str(example), cwd=tmp_path, env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert [row.split()[0] for row in listed.stdout.splitlines()[1:]] == [agent]
+
+    server = InstalledServer(example, env, tmp_path)
+    try:
+        server.wait_ready(timeout=20)
+        async with aiohttp.ClientSession() as http, http.ws_connect(server.url + "/") as ws:
+            client = WsClient(ws)
+            assert (await client.recv())["event"] == "system.connected"
+            await client.send({"event": "user.create_session"})
+            created = await client.expect("agent.session_created", timeout=10)
+            assert created["content"]["agent"] == agent, created
+            events = await client.turn(created["session_id"], question, timeout=20)
+    finally:
+        output = server.stop()
+        print(output)  # shown by pytest when the test fails
+    final = events[-1]
+    assert final["event"] == "agent.final_answer", (events, output)
+    assert answer in final["content"], final

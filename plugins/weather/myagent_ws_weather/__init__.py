@@ -1,17 +1,17 @@
 """myagent-ws-weather: a hook plugin that adds the ``weather-assistant`` agent.
 
-Serve it with ``myagent-ws server --plugin weather``. The tools and their data live in
-:mod:`myagent_ws_weather.tools`, which ``examples/ws_weather_agent.py`` imports as well, so
-the agent file and the plugin answer identically.
+Serve it with ``myagent-ws server --plugin weather``. The tools and their data ship with
+the host as :mod:`myagent.demo.weather` (re-exported as :mod:`myagent_ws_weather.tools`);
+``examples/ws_weather_agent.py`` imports them from there as well, so the agent file and the
+plugin answer identically, and the example needs no plugin installed.
 """
 
 from collections.abc import Callable
 from typing import Any
 
 from myagent import ReactAgent, create_react_agent
+from myagent.demo.weather import GetCityInfoTool, GetWeatherTool
 from myagent_ws import hookimpl
-
-from .tools import GetCityInfoTool, GetWeatherTool
 
 NAME = "weather-assistant"
 DESCRIPTION = "Answers weather and city questions (北京, London…) in 中文 or English."

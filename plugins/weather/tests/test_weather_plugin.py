@@ -1,5 +1,6 @@
-"""The weather plugin as installed: its tools, real turns on the offline model, its entry
-point and hook, the agent file that reuses its tools, and a session through the server.
+"""The weather plugin as installed: its tools (the host's myagent.demo.weather, re-exported),
+real turns on the offline model, its entry point and hook, the agent file that uses the same
+tools, and a session through the server.
 
 Self-contained (no fixtures from the host's tests/): run with
 ``.venv/bin/pytest plugins/weather`` from the repository root.
@@ -15,11 +16,13 @@ from typing import Any
 
 import aiohttp
 import myagent_ws_weather
+import myagent_ws_weather.tools as plugin_tools
 import pytest
 from myagent_ws_weather import create_agent, register_agents
 from myagent_ws_weather.tools import CITIES, GetCityInfoTool, GetWeatherTool, find_city
 
 from myagent import ReactAgent
+from myagent.demo import weather as demo_weather
 from myagent.events import FinalAnswer, TextDelta, Thinking, ToolCall, ToolFinished
 from myagent.offline import OfflineModel
 from myagent_ws.app import create_app
@@ -159,7 +162,12 @@ def test_plugin_manager_loads_it_by_name() -> None:
     assert spec.tools == ("get_weather", "get_city_info") and spec.source == "plugin weather"
 
 
-def test_example_agent_file_reuses_the_plugin_tools() -> None:
+def test_tools_are_the_hosts_demo_tools_re_exported() -> None:
+    assert plugin_tools.__all__ == demo_weather.__all__
+    assert all(getattr(plugin_tools, n) is getattr(demo_weather, n) for n in plugin_tools.__all__)
+
+
+def test_example_agent_file_uses_the_same_tools_as_the_plugin() -> None:
     module_spec = importlib.util.spec_from_file_location("weather_example_file", EXAMPLE)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
