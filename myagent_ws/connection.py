@@ -5,10 +5,13 @@ the writer task writes it. The writer takes frames from two places: a small queu
 connection-level frames (system.*), and each attached session's replay buffer at this
 connection's own cursor. So a replay is a cursor set back, paced by the socket like any
 other send; live events can never overtake replayed ones; and a slow client holds no copy
-of anything. What this connection owes but has not written (queued frames plus live
-session events) is bounded by `send_buffer_bytes`: past it, or when an event it still
-owed has left the replay buffer, it is closed with code 4008 and its sessions wait for a
-`user.reconnect`. The connection knows sessions, never agents or models.
+of anything.
+
+A connection that falls behind (owing more than `send_buffer_bytes`, or half of a
+session's replay buffer) makes that session's turn wait for it: a client that keeps
+reading is never cut off. One that stays behind for `send_timeout_s`, owes twice the
+bound, or would miss an event that left the replay buffer is closed with code 4008; its
+sessions wait for a `user.reconnect`. The connection knows sessions, never agents.
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ class Connection:
         self.protocol = protocol
         self.debug = settings.debug
         self.send_limit = settings.send_buffer_bytes
+        self._progress = asyncio.Event()  # set by the writer as it sends
         # Bytes owed and not yet written: queued frames, plus live events of attached
         # sessions (a replay owes nothing new: those frames are in the buffer already).
         self.pending = 0
@@ -106,16 +110,42 @@ class Connection:
         self._acks[session] = cursor
         self._wake.set()
 
-    def notify(self, session: Session, size: int) -> None:
-        """A live event of `session` (`size` bytes) is in its buffer."""
+    def notify(self, session: Session, size: int) -> bool:
+        """A live event of `session` (`size` bytes) is in its buffer; True if this
+        connection is now behind, so the producer should wait for it."""
         if self._dropped:
-            return
+            return False
         self.pending += size
         self._owed[session] += size
-        if self.pending > self.send_limit:
-            self._drop("its send buffer is full")
-        else:
-            self._wake.set()
+        if self.pending > 2 * self.send_limit:
+            self._drop("it owes twice send_buffer_bytes")
+            return False
+        self._wake.set()
+        return self.behind(session)
+
+    def behind(self, session: Session) -> bool:
+        """Whether this client lags too far to let `session` produce more for now."""
+        if self._dropped or session not in self._cursors:
+            return False
+        buffer = session.buffer
+        return (
+            self.pending > self.send_limit
+            or self._owed[session] > buffer.max_bytes // 2
+            or buffer.last_seq - self._cursors[session] > buffer.max_events // 2
+        )
+
+    async def catch_up(self, session: Session, timeout_s: float) -> None:
+        """Wait until this client is no longer behind on `session`; close it after
+        `timeout_s` if it still is."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self.behind(session):
+            self._progress.clear()
+            try:
+                await asyncio.wait_for(self._progress.wait(), deadline - loop.time())
+            except TimeoutError:
+                self._drop(f"it stayed behind for {timeout_s:g} s")
+                return
 
     def acked(self, session: Session) -> int:
         """The highest seq of `session` this client has acknowledged."""
@@ -129,8 +159,8 @@ class Connection:
             return
         self._queue.append(frame)
         self.pending += len(frame)
-        if self.pending > self.send_limit:
-            self._drop("its send buffer is full")
+        if self.pending > 2 * self.send_limit:
+            self._drop("it owes twice send_buffer_bytes")
         else:
             self._wake.set()
 
@@ -179,6 +209,7 @@ class Connection:
                 if self.debug:
                     frames_log.debug("%s >> %s", self.id, frame.decode())
                 await ws.send_frame(frame, WSMsgType.TEXT)
+                self._progress.set()
         except ConnectionError:
             return  # the peer is gone; the reader loop sees the close
 
@@ -191,6 +222,7 @@ class Connection:
         self.sessions.metrics.inbound_error("slow_consumer")
         self._queue.clear()
         self.pending = 0
+        self._progress.set()  # a turn waiting for this client goes on without it
         self._closer = asyncio.create_task(self._close_slow(), name=f"drop {self.id}")
 
     async def _close_slow(self) -> None:

@@ -1,7 +1,9 @@
 """One turn: drive an agent, turn its steps into agent.* events, and end with exactly one
 terminal event (final_answer, error, timeout or interrupted).
 
-The runner gets an agent and an `emit` function, never a session or a socket. A `Turn`
+The runner gets an agent, an `emit` function and a `pace` function, never a session or a
+socket; when a connection falls behind, the turn awaits `pace` (bounded) instead of
+outrunning it. A `Turn`
 owns its task and its deadline, and its terminal event is decided by whoever comes first:
 the agent finishing, the deadline, `cancel()`, or `fail()`. Cancel and timeout do not wait
 for the agent to notice: the terminal event goes out at once, the task is cancelled, and
@@ -16,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from myagent.errors import AgentError
@@ -29,7 +31,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Emit = Callable[[dict[str, Any]], None]
+# A model that streams without ever suspending would starve the connection writers until
+# its turn ended; the turn lets them run after this many steps.
+STEPS_PER_YIELD = 32
+
+# Emits one event; True when a connection fell behind and the turn should await `Pace`.
+Emit = Callable[[dict[str, Any]], bool]
+Pace = Callable[[], Awaitable[None]]
 
 
 def step_event(step: Any) -> dict[str, Any]:
@@ -98,13 +106,14 @@ class Turn:
         self._timer = loop.call_later(timeout_s, self._time_out, timeout_s)
         metrics.turn_started()
 
-    def step(self, event: dict[str, Any]) -> None:
-        """Emit a step event, unless the turn has already ended."""
-        if self.open:
-            if self._pending_first:
-                self._pending_first = False
-                self._metrics.first_event(time.perf_counter() - self._started)
-            self._emit(event)
+    def step(self, event: dict[str, Any]) -> bool:
+        """Emit a step event, unless the turn has already ended; True if it should pace."""
+        if not self.open:
+            return False
+        if self._pending_first:
+            self._pending_first = False
+            self._metrics.first_event(time.perf_counter() - self._started)
+        return self._emit(event)
 
     def finish(self, terminal: dict[str, Any]) -> bool:
         """Emit the terminal event if none was yet; False if the turn had already ended."""
@@ -144,29 +153,37 @@ def start_turn(
     text: str,
     emit: Emit,
     *,
+    pace: Pace,
     timeout_s: float,
     metrics: Metrics,
     after: asyncio.Task[None] | None = None,
     name: str = "turn",
 ) -> Turn:
-    """Start one turn of `agent` as a task; `after` is the previous turn's task, which may
-    still be unwinding from a cancel."""
+    """Start one turn of `agent` as a task. `pace` waits for connections that fell behind
+    (bounded); `after` is the previous turn's task, which may still be unwinding."""
     turn = Turn(emit, metrics, timeout_s)
-    turn.task = asyncio.create_task(_drive(agent, text, turn, after), name=name)
+    turn.task = asyncio.create_task(_drive(agent, text, turn, pace, after), name=name)
     return turn
 
 
-async def _drive(agent: Any, text: str, turn: Turn, after: asyncio.Task[None] | None) -> None:
+async def _drive(
+    agent: Any, text: str, turn: Turn, pace: Pace, after: asyncio.Task[None] | None
+) -> None:
     """Run the agent, emitting its steps; every way out finishes the turn."""
     try:
         if after is not None and not after.done():
             await asyncio.wait([after])  # the agent's memory is the previous turn's until then
         async with contextlib.aclosing(agent.run(text)) as steps:
+            count = 0
             async for step in steps:
                 if isinstance(step, FinalAnswer):
                     turn.finish(make_event("agent.final_answer", content=step.text))
                     return
-                turn.step(step_event(step))
+                count += 1
+                if turn.step(step_event(step)):
+                    await pace()
+                elif count % STEPS_PER_YIELD == 0:
+                    await asyncio.sleep(0)
         turn.finish(error_event("internal_error", "The agent stopped without an answer."))
     except asyncio.CancelledError:
         turn.finish(interrupted_event())  # a no-op when cancel() already ended the turn

@@ -40,7 +40,11 @@ class Reader(Protocol):
 
     def attach(self, session: Session, cursor: int) -> None: ...
 
-    def notify(self, session: Session, size: int) -> None: ...
+    def notify(self, session: Session, size: int) -> bool: ...
+
+    def behind(self, session: Session) -> bool: ...
+
+    async def catch_up(self, session: Session, timeout_s: float) -> None: ...
 
     def acked(self, session: Session) -> int: ...
 
@@ -84,8 +88,9 @@ class Session:
     def busy(self) -> bool:
         return self.turn is not None and self.turn.open
 
-    def emit(self, event: dict[str, Any]) -> None:
-        """Stamp, cut, encode, buffer and hand out one session event, without awaiting."""
+    def emit(self, event: dict[str, Any]) -> bool:
+        """Stamp, cut, encode, buffer and hand out one session event, without awaiting.
+        True when an attached connection fell behind: the producer should `pace()`."""
         manager = self._manager
         self.seq = seq = self.seq + 1
         event["session_id"] = self.id
@@ -98,11 +103,21 @@ class Session:
         frame = encode(event)
         self.buffer.append(frame)
         size = len(frame)
+        behind = False
         for connection in self.connections:
-            connection.notify(self, size)
+            if connection.notify(self, size):
+                behind = True
         manager.metrics.event_sent(event["event"])
         if manager.follows:
             self._follow(seq, frame, event)
+        return behind
+
+    async def pace(self) -> None:
+        """Wait for attached connections that fell behind; one still behind after
+        send_timeout_s is closed (4008) and the turn goes on without it."""
+        timeout_s = self._manager.settings.send_timeout_s
+        for connection in [c for c in self.connections if c.behind(self)]:
+            await connection.catch_up(self, timeout_s)
 
     def _follow(self, seq: int, frame: bytes, event: dict[str, Any]) -> None:
         """Queue the event for the store and the observers, which take it in order."""
@@ -267,6 +282,7 @@ class SessionManager:
             session.agent,
             text,
             session.emit,
+            pace=session.pace,
             timeout_s=self.settings.turn_timeout_s,
             metrics=self.metrics,
             after=previous,

@@ -42,9 +42,12 @@ class Settings:
     rate_limit_per_s: float = 20.0
     # Frames a connection may send at once before rate_limit_per_s applies.
     rate_limit_burst: int = 60
-    # Bytes written to one connection's socket but not yet taken by the client, beyond
-    # which it is closed with code 4008 (its sessions stay resumable).
+    # Bytes one connection may owe (written by sessions, not yet taken by the client);
+    # past it the session's turn waits for the client, and at twice it, or after
+    # send_timeout_s of waiting, the connection is closed with 4008 (sessions stay resumable).
     send_buffer_bytes: int = 1 << 20
+    # Seconds a turn waits for a connection that fell behind before closing it with 4008.
+    send_timeout_s: float = 5.0
     # String content longer than this (UTF-8 bytes) is cut for the wire, with
     # metadata.truncated; the agent keeps the full text.
     max_event_bytes: int = 256 << 10

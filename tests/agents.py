@@ -9,6 +9,7 @@ from typing import Any
 from myagent import (
     BaseTool,
     FunctionModel,
+    Model,
     ModelReply,
     ToolCallRequest,
     ToolResult,
@@ -123,3 +124,72 @@ def notes_agent(name: str = "notes") -> Any:
         model=_calls_tool_once("note", lambda text: {"text": text}),
         description="Notes what it is told.",
     )
+
+
+class StubbornTool(BaseTool):
+    """Ignores cancellation until its gate opens (for 10 s at most): a careless tool."""
+
+    name = "stubborn"
+    description = "Wait for the gate, ignoring cancellation."
+    parameters = WaitTool.parameters
+
+    async def execute(self, key: str) -> ToolResult:
+        WaitTool.entered(key).set()
+        for _ in range(200):
+            try:
+                await asyncio.wait_for(WaitTool.gate(key).wait(), 0.05)
+                break
+            except (asyncio.CancelledError, TimeoutError):
+                continue
+        return ToolResult(output=f"stubborn {key} done")
+
+
+def stubborn_agent(name: str = "stubborn") -> Any:
+    """Each user text names a gate; its tool ignores cancellation until the gate opens."""
+    return create_react_agent(
+        name=name,
+        tools=[StubbornTool()],
+        model=_calls_tool_once("stubborn", lambda text: {"key": text}),
+        description="Waits on a gate, ignoring cancellation.",
+    )
+
+
+class BurstModel(Model):
+    """Streams `pieces` text deltas of `size` characters without ever suspending: the
+    fastest producer a connection can face."""
+
+    provider = "function"
+    offline = True
+    model_id = "burst"
+
+    def __init__(self, pieces: int, size: int = 10) -> None:
+        self.pieces, self.size = pieces, size
+
+    async def stream(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> Any:
+        piece = "x" * self.size
+        for _ in range(self.pieces):
+            yield piece
+        yield ModelReply(text=piece * self.pieces)
+
+
+def burst_agent(pieces: int, size: int = 10, name: str = "burst") -> Any:
+    return create_react_agent(name=name, tools=[], model=BurstModel(pieces, size))
+
+
+def big_result_agent(size: int, name: str = "big") -> Any:
+    """Its tool returns `size` characters; its model answers with the length it was given,
+    which shows whether the model saw the whole result."""
+
+    class BigTool(BaseTool):
+        name = "big"
+        description = "Return a large text."
+
+        async def execute(self) -> str:
+            return "y" * size
+
+    def model(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> Any:
+        if messages[-1]["role"] == "tool":
+            return f"the model saw {len(messages[-1]['content'])} characters"
+        return ModelReply(tool_calls=[ToolCallRequest(id="c1", name="big", arguments="{}")])
+
+    return create_react_agent(name=name, tools=[BigTool()], model=FunctionModel(model))

@@ -54,20 +54,21 @@ def make_registry(files: tuple[str, ...] = (), agents: tuple[Any, ...] = ()) -> 
 
 @pytest.fixture
 def serve(aiohttp_server: Any) -> Callable[..., Any]:
-    """serve(files=..., agents=..., model=..., **settings) -> a running TestServer."""
+    """serve(files=..., agents=..., model=..., store=..., **settings) -> a running TestServer."""
 
     async def start(
         files: tuple[str, ...] = (WEATHER,),
         agents: tuple[Any, ...] = (),
         model: Any = None,
         default: str | None = None,
+        store: Any = None,
         **overrides: Any,
     ) -> Any:
         registry = make_registry(files, agents)
         if default:
             registry.set_default(default)
         settings = dataclasses.replace(Settings(host="127.0.0.1", port=0), **overrides)
-        return await aiohttp_server(create_app(settings, registry, model=model))
+        return await aiohttp_server(create_app(settings, registry, model=model, store=store))
 
     return start
 
