@@ -14,7 +14,7 @@ import aiohttp
 from myagent_ws.keys import SESSIONS
 from myagent_ws.store import MemoryStore
 from tests.agents import WaitTool, burst_agent, counting_agent, stubborn_agent, waiting_agent
-from tests.client import TERMINAL, WsClient, names
+from tests.client import TERMINAL, WsClient
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -212,7 +212,12 @@ async def test_replies_never_echo_a_huge_client_string(serve, connect):
         {"event": "user.create_session", "content": {"agent": huge}},
         {"event": "user.create_session", "metadata": {"agent": huge}},
         {"event": "user.response", "session_id": sid, "step_id": huge, "content": {"approved": 1}},
-        {"event": "user.response", "session_id": sid, "step_id": huge, "content": {"approved": True}},
+        {
+            "event": "user.response",
+            "session_id": sid,
+            "step_id": huge,
+            "content": {"approved": True},
+        },
         {"event": "user.cancel", "session_id": huge},
         {"event": "user.dance" + huge},
     ]
