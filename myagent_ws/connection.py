@@ -123,6 +123,12 @@ class Connection:
         self._wake.set()
         return self.behind(session)
 
+    def sent(self, session: Session) -> int:
+        """The last seq of `session` handed to the socket (all of it, once dropped)."""
+        if self._dropped:
+            return session.seq
+        return self._cursors.get(session, session.seq)
+
     def behind(self, session: Session) -> bool:
         """Whether this client lags too far to let `session` produce more for now."""
         if self._dropped or session not in self._cursors:

@@ -13,8 +13,9 @@ from collections import deque
 
 class ReplayBuffer:
     """Frames with consecutive seqs: `first_seq` .. `last_seq`. The oldest are dropped past
-    `max_events` or `max_bytes` (the newest frame is always kept), or once every reader
-    has acknowledged them (`trim`)."""
+    `max_events` or `max_bytes`, but never one that an attached reader has yet to send
+    (readers that lag make their producer wait, so that overshoot stays small), or once
+    every reader has acknowledged them (`trim`)."""
 
     __slots__ = ("_frames", "bytes", "first_seq", "max_bytes", "max_events")
 
@@ -33,12 +34,15 @@ class ReplayBuffer:
         """The seq of the newest frame (first_seq - 1 when empty)."""
         return self.first_seq + len(self._frames) - 1
 
-    def append(self, frame: bytes) -> None:
-        """Add the frame of seq `last_seq + 1`, dropping the oldest past the bounds."""
+    def append(self, frame: bytes, keep_from: int) -> None:
+        """Add the frame of seq `last_seq + 1`, dropping the oldest past the bounds, but
+        none from `keep_from` on (the oldest seq some reader still has to send)."""
         frames = self._frames
         frames.append(frame)
         self.bytes += len(frame)
-        while len(frames) > 1 and (len(frames) > self.max_events or self.bytes > self.max_bytes):
+        while self.first_seq < keep_from and (
+            len(frames) > self.max_events or self.bytes > self.max_bytes
+        ):
             self.bytes -= len(frames.popleft())
             self.first_seq += 1
 

@@ -42,6 +42,8 @@ class Reader(Protocol):
 
     def notify(self, session: Session, size: int) -> bool: ...
 
+    def sent(self, session: Session) -> int: ...
+
     def behind(self, session: Session) -> bool: ...
 
     async def catch_up(self, session: Session, timeout_s: float) -> None: ...
@@ -101,7 +103,10 @@ class Session:
         if type(content) is str and len(content) * 4 > limit:
             _cut_content(event, content, limit)
         frame = encode(event)
-        self.buffer.append(frame)
+        keep_from = seq
+        for connection in self.connections:
+            keep_from = min(keep_from, connection.sent(self) + 1)
+        self.buffer.append(frame, keep_from)
         size = len(frame)
         behind = False
         for connection in self.connections:

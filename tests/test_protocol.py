@@ -503,3 +503,19 @@ def test_encode_sends_lone_surrogates_as_ascii_escapes_not_broken_utf8() -> None
     frame = encode(event)
     assert frame.decode("ascii")  # valid UTF-8 (ASCII) on the wire
     assert json.loads(frame)["content"] == "bad \ud800 text 北京"
+
+
+def test_encoded_frames_weigh_what_they_hold() -> None:
+    # The replay buffer counts len(frame); a frame must not hold a larger working buffer.
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        frames = [
+            encode(make_event("agent.partial_answer", content=f"token {i}")) for i in range(500)
+        ]
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held < 3 * sum(len(f) for f in frames) + 500 * 64
