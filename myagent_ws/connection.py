@@ -131,7 +131,7 @@ class Connection:
 
     def behind(self, session: Session) -> bool:
         """Whether this client lags too far to let `session` produce more for now."""
-        if self._dropped or session not in self._cursors:
+        if self._dropped or self._closing or session not in self._cursors:
             return False
         buffer = session.buffer
         return (
@@ -375,6 +375,7 @@ class Connection:
         """Write what is owed (bounded by timeout_s), then close the socket."""
         self._closing = True
         self._wake.set()
+        self._progress.set()  # turns waiting for this client stop waiting
         writer = self._writer
         if writer is not None and not writer.done():
             try:

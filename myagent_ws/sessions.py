@@ -126,10 +126,14 @@ class Session:
 
     def _follow(self, seq: int, frame: bytes, event: dict[str, Any]) -> None:
         """Queue the event for the store and the observers, which take it in order."""
-        if len(self._backlog) >= self.buffer.max_events:
-            self._store_failed(RuntimeError("the store fell a whole replay buffer behind"))
-            return
-        self._backlog.append((seq, frame, event))
+        backlog = self._backlog
+        if len(backlog) >= self.buffer.max_events:
+            if self._manager.store.keeps_events:
+                self._store_failed(RuntimeError("the store fell a whole replay buffer behind"))
+                return
+            log.warning("session %s: event observers fell behind; skipping one", self.id)
+            backlog.popleft()
+        backlog.append((seq, frame, event))
         if self._follower is None or self._follower.done():
             self._follower = asyncio.create_task(self._run_follower(), name=f"follow {self.id}")
 

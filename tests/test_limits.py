@@ -255,3 +255,23 @@ async def test_a_client_that_never_reads_costs_under_twice_send_buffer_bytes(cli
                 pass
         assert event["content"] == "streamed 5 pieces"
         print(f"RSS growth with a non-reading client: {growth / 1024:.0f} KiB")
+
+
+async def test_a_turn_waiting_for_a_lagging_client_goes_on_when_that_client_leaves(serve):
+    server = await serve(
+        files=(), agents=(burst_agent(2000, size=5000),), send_buffer_bytes=64 << 10,
+        send_timeout_s=60,
+    )  # fmt: skip
+    async with aiohttp.ClientSession() as http:
+        ws = await http.ws_connect(server.make_url("/"), max_msg_size=0)
+        await ws.receive()
+        await ws.send_json({"event": "user.create_session"})
+        sid = json.loads((await ws.receive()).data)["session_id"]
+        await ws.send_json({"event": "user.message", "session_id": sid, "content": "go"})
+        await asyncio.sleep(0.5)  # not reading: the turn is now waiting for this client
+        session = server.app[SESSIONS].sessions[sid]
+        assert session.busy
+        await ws.close()
+        async with asyncio.timeout(10):  # far less than send_timeout_s
+            while session.busy:
+                await asyncio.sleep(0.05)
