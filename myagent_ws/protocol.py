@@ -270,6 +270,18 @@ def encode(event: dict) -> bytes:
         return _fallback_encoder.encode(event).encode("ascii")
 
 
+def cut_content(event: dict[str, Any], content: str, limit: int) -> None:
+    """Cut string content to `limit` UTF-8 bytes for the wire, saying so in metadata."""
+    data = content.encode("utf-8", "surrogatepass")
+    if len(data) <= limit:
+        return
+    event["content"] = data[:limit].decode("utf-8", "ignore")
+    metadata = dict(event.get("metadata") or {})
+    metadata["truncated"] = True
+    metadata["original_bytes"] = len(data)
+    event["metadata"] = metadata
+
+
 def now_iso() -> str:
     """UTC ISO-8601 with milliseconds and offset, e.g. 2026-01-01T12:00:00.000+00:00."""
     return datetime.now(UTC).isoformat(timespec="milliseconds")

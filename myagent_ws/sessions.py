@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from .metrics import Metrics
-from .protocol import ProtocolError, encode, make_event
+from .protocol import ProtocolError, cut_content, encode, make_event
 from .registry import AgentRegistry
 from .replay import ReplayBuffer
 from .runner import Turn, start_turn
@@ -101,7 +101,7 @@ class Session:
         content = event.get("content")
         limit = manager.settings.max_event_bytes
         if type(content) is str and len(content) * 4 > limit:
-            _cut_content(event, content, limit)
+            cut_content(event, content, limit)
         frame = encode(event)
         keep_from = seq
         for connection in self.connections:
@@ -169,18 +169,6 @@ class Session:
         if self._follower is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._follower
-
-
-def _cut_content(event: dict[str, Any], content: str, limit: int) -> None:
-    """Cut string content to `limit` UTF-8 bytes for the wire, saying so in metadata."""
-    data = content.encode("utf-8", "surrogatepass")
-    if len(data) <= limit:
-        return
-    event["content"] = data[:limit].decode("utf-8", "ignore")
-    metadata = dict(event.get("metadata") or {})
-    metadata["truncated"] = True
-    metadata["original_bytes"] = len(data)
-    event["metadata"] = metadata
 
 
 class SessionManager:
