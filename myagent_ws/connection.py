@@ -50,6 +50,18 @@ CLOSE_SLOW_CONSUMER = 4008
 _ids = itertools.count(1)
 
 
+class _Cursor:
+    """Where one connection is in one session's buffer."""
+
+    __slots__ = ("acked", "live_from", "owed", "sent")
+
+    def __init__(self, sent: int, live_from: int) -> None:
+        self.sent = sent  # the last seq handed to the socket
+        self.live_from = live_from  # seqs after this are live: counted in `pending`
+        self.owed = 0  # of `pending`, the bytes of this session
+        self.acked = sent  # the highest seq the client acknowledged
+
+
 class Connection:
     """Reads frames, dispatches them to the session manager, writes what is owed."""
 
@@ -72,10 +84,7 @@ class Connection:
         # sessions (a replay owes nothing new: those frames are in the buffer already).
         self.pending = 0
         self._queue: deque[bytes] = deque()
-        self._cursors: dict[Session, int] = {}  # last seq handed to the socket
-        self._live_from: dict[Session, int] = {}  # seqs after this were counted in pending
-        self._owed: dict[Session, int] = {}  # of pending, the bytes of each session
-        self._acks: dict[Session, int] = {}
+        self._cursors: dict[Session, _Cursor] = {}
         self._wake = asyncio.Event()
         self._closing = False  # write what is owed, then stop
         self._dropped = False  # too slow: stop at once
@@ -103,11 +112,10 @@ class Connection:
 
     def attach(self, session: Session, cursor: int) -> None:
         """Send `session` from the event after `cursor` on."""
-        self.pending -= self._owed.get(session, 0)
-        self._cursors[session] = cursor
-        self._live_from[session] = session.buffer.last_seq
-        self._owed[session] = 0
-        self._acks[session] = cursor
+        previous = self._cursors.get(session)
+        if previous is not None:
+            self.pending -= previous.owed
+        self._cursors[session] = _Cursor(cursor, session.buffer.last_seq)
         self._wake.set()
 
     def notify(self, session: Session, size: int) -> bool:
@@ -115,29 +123,24 @@ class Connection:
         connection is now behind, so the producer should wait for it."""
         if self._dropped:
             return False
-        self.pending += size
-        self._owed[session] += size
-        if self.pending > 2 * self.send_limit:
-            self._drop("it owes twice send_buffer_bytes")
-            return False
-        self._wake.set()
-        return self.behind(session)
+        self._cursors[session].owed += size
+        return self._owe(size) and self.behind(session)
 
     def sent(self, session: Session) -> int:
         """The last seq of `session` handed to the socket (all of it, once dropped)."""
-        if self._dropped:
-            return session.seq
-        return self._cursors.get(session, session.seq)
+        cursor = self._cursors.get(session)
+        return session.seq if cursor is None or self._dropped else cursor.sent
 
     def behind(self, session: Session) -> bool:
         """Whether this client lags too far to let `session` produce more for now."""
-        if self._dropped or self._closing or session not in self._cursors:
+        cursor = self._cursors.get(session)
+        if cursor is None or self._dropped or self._closing:
             return False
         buffer = session.buffer
         return (
             self.pending > self.send_limit
-            or self._owed[session] > buffer.max_bytes // 2
-            or buffer.last_seq - self._cursors[session] > buffer.max_events // 2
+            or cursor.owed > buffer.max_bytes // 2
+            or buffer.last_seq - cursor.sent > buffer.max_events // 2
         )
 
     async def catch_up(self, session: Session, timeout_s: float) -> None:
@@ -155,20 +158,25 @@ class Connection:
 
     def acked(self, session: Session) -> int:
         """The highest seq of `session` this client has acknowledged."""
-        return self._acks.get(session, 0)
+        cursor = self._cursors.get(session)
+        return 0 if cursor is None else cursor.acked
 
     # -- writing ---------------------------------------------------------------------------
 
     def send(self, frame: bytes) -> None:
         """Queue a connection-level frame (system.*)."""
-        if self._dropped:
-            return
-        self._queue.append(frame)
-        self.pending += len(frame)
+        if not self._dropped:
+            self._queue.append(frame)
+            self._owe(len(frame))
+
+    def _owe(self, size: int) -> bool:
+        """Count `size` more bytes owed and wake the writer; False if that was too many."""
+        self.pending += size
         if self.pending > 2 * self.send_limit:
             self._drop("it owes twice send_buffer_bytes")
-        else:
-            self._wake.set()
+            return False
+        self._wake.set()
+        return True
 
     def send_event(self, event: dict[str, Any]) -> None:
         self.send(encode(event))
@@ -181,25 +189,22 @@ class Connection:
             return frame
         cursors = self._cursors
         for session, cursor in cursors.items():
-            if cursor < session.buffer.last_seq:
-                seq = cursor + 1
+            seq = cursor.sent + 1
+            if seq <= session.buffer.last_seq:
                 frame = session.buffer.get(seq)
                 if frame is None:
                     self._drop(f"event {seq} of {session.id} left the replay buffer unsent")
                     return None
+                cursor.sent = seq
                 del cursors[session]  # re-insert last: the next frame comes from another session
-                cursors[session] = seq
-                if seq > self._live_from[session]:
+                cursors[session] = cursor
+                if seq > cursor.live_from:
                     self.pending -= len(frame)
-                    self._owed[session] -= len(frame)
+                    cursor.owed -= len(frame)
                 return frame
         for session in [s for s in cursors if s.closed]:  # ended, and everything sent
-            self._forget(session)
+            del cursors[session]
         return None
-
-    def _forget(self, session: Session) -> None:
-        for table in (self._cursors, self._live_from, self._owed, self._acks):
-            table.pop(session, None)
 
     async def _write(self) -> None:
         ws, wake = self.ws, self._wake
@@ -225,7 +230,7 @@ class Connection:
             return
         self._dropped = True
         log.warning("connection %s: closing with %d: %s", self.id, CLOSE_SLOW_CONSUMER, why)
-        self.sessions.metrics.inbound_error("slow_consumer")
+        self.sessions.metrics.slow_client_closed()
         self._queue.clear()
         self.pending = 0
         self._progress.set()  # a turn waiting for this client goes on without it
@@ -353,11 +358,11 @@ class Connection:
             session_id, _, seq_text = event_id.rpartition(":")
             last_seq = int(seq_text)
         session = self.sessions.sessions.get(session_id) if session_id else None
-        if session is None or session not in self._cursors or not isinstance(last_seq, int):
+        cursor = self._cursors.get(session) if session is not None else None
+        if cursor is None or not isinstance(last_seq, int):
             return
-        acked = min(max(self._acks[session], last_seq), self._cursors[session])
-        self._acks[session] = acked
-        self.sessions.ack(session.id, self)
+        cursor.acked = min(max(cursor.acked, last_seq), cursor.sent)
+        session.trim_acknowledged()
 
     async def _on_response(self, message: dict[str, Any]) -> None:
         session = self.sessions.get(message["session_id"], self)

@@ -48,6 +48,16 @@ class Metrics:
             ["code"],
             registry=self.registry,
         )
+        self._slow_clients = Counter(
+            "myagent_ws_slow_clients_closed",
+            "Connections closed with 4008 because the client fell behind.",
+            registry=self.registry,
+        )
+        self._store_errors = Counter(
+            "myagent_ws_store_errors",
+            "Store calls that failed (each ends its session's running turn).",
+            registry=self.registry,
+        )
         self._turn_seconds = Histogram(
             "myagent_ws_turn_seconds",
             "Turn duration, message to terminal event.",
@@ -70,6 +80,12 @@ class Metrics:
 
     def inbound_error(self, code: str) -> None:
         self._inbound_errors.labels(code=code).inc()
+
+    def slow_client_closed(self) -> None:
+        self._slow_clients.inc()
+
+    def store_error(self) -> None:
+        self._store_errors.inc()
 
     def turn_started(self) -> None:
         self._turns_started.inc()

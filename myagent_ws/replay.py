@@ -34,12 +34,17 @@ class ReplayBuffer:
         """The seq of the newest frame (first_seq - 1 when empty)."""
         return self.first_seq + len(self._frames) - 1
 
-    def append(self, frame: bytes, keep_from: int) -> None:
-        """Add the frame of seq `last_seq + 1`, dropping the oldest past the bounds, but
-        none from `keep_from` on (the oldest seq some reader still has to send)."""
-        frames = self._frames
-        frames.append(frame)
+    def append(self, frame: bytes) -> bool:
+        """Add the frame of seq `last_seq + 1`; True if the buffer is now past its bounds
+        and should `evict`."""
+        self._frames.append(frame)
         self.bytes += len(frame)
+        return len(self._frames) > self.max_events or self.bytes > self.max_bytes
+
+    def evict(self, keep_from: int) -> None:
+        """Drop the oldest frames while past the bounds, but none from `keep_from` on (the
+        oldest seq some reader still has to send)."""
+        frames = self._frames
         while self.first_seq < keep_from and (
             len(frames) > self.max_events or self.bytes > self.max_bytes
         ):

@@ -103,15 +103,15 @@ class Session:
         if type(content) is str and len(content) * 4 > limit:
             cut_content(event, content, limit)
         frame = encode(event)
-        keep_from = seq
-        for connection in self.connections:
-            keep_from = min(keep_from, connection.sent(self) + 1)
-        self.buffer.append(frame, keep_from)
+        buffer = self.buffer
+        over = buffer.append(frame)
         size = len(frame)
         behind = False
         for connection in self.connections:
             if connection.notify(self, size):
                 behind = True
+        if over:  # drop the oldest, but none that an attached reader has yet to send
+            buffer.evict(min([seq] + [c.sent(self) + 1 for c in self.connections]))
         manager.metrics.event_sent(event["event"])
         if manager.follows:
             self._follow(seq, frame, event)
@@ -156,13 +156,19 @@ class Session:
     def _store_failed(self, exc: BaseException) -> None:
         """A store failure ends the running turn with agent.error; the session stays."""
         log.error("session %s: the store failed: %r", self.id, exc)
-        self._manager.metrics.inbound_error("store_failure")
+        self._manager.metrics.store_error()
         self._backlog.clear()
         if self.turn is not None:
             self.turn.fail(
                 "internal_error",
                 "The session store failed, so this turn was stopped; see the server log.",
             )
+
+    def trim_acknowledged(self) -> None:
+        """Drop what every attached connection has acknowledged; one connection's ack
+        never drops what another has not seen."""
+        if self.connections:
+            self.buffer.trim(min(c.acked(self) for c in self.connections))
 
     async def drain(self) -> None:
         """Wait until the store and observers have taken every event so far."""
@@ -319,13 +325,6 @@ class SessionManager:
             )
         )
         return session
-
-    def ack(self, session_id: str, connection: Reader) -> None:
-        """Trim what every attached connection has acknowledged (the connection has
-        recorded its own ack already); one connection's ack never trims for another."""
-        session = self.sessions.get(session_id)
-        if session is not None and connection in session.connections:
-            session.buffer.trim(min(c.acked(session) for c in session.connections))
 
     def _attach(self, session: Session, connection: Reader, cursor: int) -> None:
         session.connections.add(connection)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import aiohttp
 
-from myagent_ws.keys import SESSIONS
+from myagent_ws.keys import METRICS, SESSIONS
 from myagent_ws.store import MemoryStore
 from tests.agents import WaitTool, burst_agent, counting_agent, stubborn_agent, waiting_agent
 from tests.client import TERMINAL, WsClient
@@ -117,6 +117,7 @@ async def test_store_failure_ends_the_turn_with_internal_error(serve, connect):
     assert events[-1]["event"] == "agent.error"
     assert events[-1]["metadata"]["code"] == "internal_error"
     assert "store" in events[-1]["content"] and "Traceback" not in events[-1]["content"]
+    assert "myagent_ws_store_errors_total 1.0" in server.app[METRICS].render().decode()
     WaitTool.gate(gate).set()
     store.fail = False  # the session stays usable once the store is back
     gate = key()

@@ -7,11 +7,12 @@ import asyncio
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
 from myagent_ws.connection import CLOSE_SLOW_CONSUMER
-from myagent_ws.keys import SESSIONS
+from myagent_ws.keys import METRICS, SESSIONS
 from tests.agents import big_result_agent, burst_agent, counting_agent
 from tests.client import WsClient
 
@@ -153,48 +154,61 @@ async def test_one_connections_ack_does_not_trim_what_another_has_not_seen(serve
     assert "replay_gap" not in event["metadata"]
 
 
+async def quiet_turn(http: aiohttp.ClientSession, url: Any, text: str) -> tuple[Any, str]:
+    """A raw client (no frame size limit) that creates a session and sends `text`; it then
+    reads nothing until the test says so."""
+    ws = await http.ws_connect(url, max_msg_size=0)
+    await ws.receive()  # system.connected
+    await ws.send_json({"event": "user.create_session"})
+    sid = json.loads((await ws.receive()).data)["session_id"]
+    await ws.send_json({"event": "user.message", "session_id": sid, "content": text})
+    return ws, sid
+
+
+async def read_until(ws: Any, *names: str, timeout: float = 20) -> dict[str, Any]:
+    """Raw frames up to the first event named one of `names` (these tests stream
+    megabytes; WsClient would schema-check every frame)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            msg = await ws.receive()
+            assert msg.type is aiohttp.WSMsgType.TEXT, msg
+            event = json.loads(msg.data)
+            if event["event"] in names:
+                return event
+
+
+async def resume(http: aiohttp.ClientSession, url: Any, sid: str, last_seq: int) -> Any:
+    """A new raw connection attached to `sid` from `last_seq`: its agent.session_resumed."""
+    ws = await http.ws_connect(url, max_msg_size=0)
+    await ws.receive()  # system.connected
+    await ws.send_json(
+        {"event": "user.reconnect", "session_id": sid, "content": {"last_seq": last_seq}}
+    )
+    return ws, await read_until(ws, "agent.session_resumed")
+
+
 async def test_a_client_that_stops_reading_is_closed_with_4008_and_resumes(serve):
     server = await serve(
         files=(), agents=(burst_agent(2000, size=5000),), send_buffer_bytes=64 << 10,
         send_timeout_s=0.3,
     )  # fmt: skip
+    url = server.make_url("/")
     async with aiohttp.ClientSession() as http:
-        ws = await http.ws_connect(server.make_url("/"), max_msg_size=0)
-        client = WsClient(ws)
-        await client.recv()
-        sid = await client.create_session()
-        await client.send({"event": "user.message", "session_id": sid, "content": "go"})
+        ws, sid = await quiet_turn(http, url, "go")
+        last_seq = 1
         await asyncio.sleep(1.0)  # not reading while ~10 MB stream out
         async with asyncio.timeout(20):
-            while True:
-                msg = await ws.receive()
-                if msg.type is not aiohttp.WSMsgType.TEXT:
-                    break
-                client.last_seq[sid] = json.loads(msg.data)["seq"]
+            while (msg := await ws.receive()).type is aiohttp.WSMsgType.TEXT:
+                last_seq = json.loads(msg.data)["seq"]
         assert msg.type is aiohttp.WSMsgType.CLOSE and msg.data == CLOSE_SLOW_CONSUMER
         assert sid in server.app[SESSIONS].sessions
-        ws2 = await http.ws_connect(server.make_url("/"), max_msg_size=0)
-        again = WsClient(ws2)
-        await again.recv()
-        await again.send(
-            {"event": "user.reconnect", "session_id": sid,
-             "content": {"last_seq": client.last_seq[sid]}}
-        )  # fmt: skip
-        async with asyncio.timeout(20):
-            while (msg := await ws2.receive()).type is aiohttp.WSMsgType.TEXT:
-                event = json.loads(msg.data)
-                if event["event"] == "agent.session_resumed":
-                    break
-        assert event["metadata"]["last_seq"] == client.last_seq[sid]
-        gap = event["metadata"].get("replay_gap")
-        assert gap is None or gap["from"] == client.last_seq[sid] + 1
+        assert "myagent_ws_slow_clients_closed_total 1.0" in server.app[METRICS].render().decode()
+        ws2, resumed = await resume(http, url, sid, last_seq)
+        assert resumed["metadata"]["last_seq"] == last_seq
+        gap = resumed["metadata"].get("replay_gap")
+        assert gap is None or gap["from"] == last_seq + 1
         await ws2.send_json({"event": "user.message", "session_id": sid, "content": "more"})
-        async with asyncio.timeout(30):
-            while (event := json.loads((await ws2.receive()).data))["event"] not in (
-                "agent.final_answer",
-                "agent.error",
-            ):
-                pass
+        event = await read_until(ws2, "agent.final_answer", "agent.error", timeout=30)
         assert event["event"] == "agent.final_answer"
 
 
@@ -226,11 +240,7 @@ async def test_a_client_that_never_reads_costs_under_twice_send_buffer_bytes(cli
         await asyncio.sleep(0.3)
         baseline = _rss(pid)
 
-        ws = await http.ws_connect(server.url, max_msg_size=0)
-        await ws.receive()
-        await ws.send_json({"event": "user.create_session"})
-        sid = json.loads((await ws.receive()).data)["session_id"]
-        await ws.send_json({"event": "user.message", "session_id": sid, "content": "long"})
+        _, sid = await quiet_turn(http, server.url, "long")
         peak = baseline
         deadline = time.monotonic() + 8
         while time.monotonic() < deadline:  # 60 x 200 KB at ~1 ms a piece, never read
@@ -239,20 +249,9 @@ async def test_a_client_that_never_reads_costs_under_twice_send_buffer_bytes(cli
         growth = peak - baseline
         assert growth < 2 * limit, f"RSS grew {growth} bytes"
 
-        again = WsClient(await http.ws_connect(server.url, max_msg_size=0))
-        await again.recv()
-        await again.send({"event": "user.reconnect", "session_id": sid, "content": {"last_seq": 1}})
-        async with asyncio.timeout(20):
-            while (msg := await again.ws.receive()).type is aiohttp.WSMsgType.TEXT:
-                if json.loads(msg.data)["event"] == "agent.session_resumed":
-                    break
-        again.last_seq[sid] = 10**9  # past the resumed seq: only live events are checked
-        await again.send({"event": "user.message", "session_id": sid, "content": "short"})
-        async with asyncio.timeout(20):
-            while (event := json.loads((await again.ws.receive()).data))["event"] != (
-                "agent.final_answer"
-            ):
-                pass
+        again, _ = await resume(http, server.url, sid, 1)
+        await again.send_json({"event": "user.message", "session_id": sid, "content": "short"})
+        event = await read_until(again, "agent.final_answer")
         assert event["content"] == "streamed 5 pieces"
         print(f"RSS growth with a non-reading client: {growth / 1024:.0f} KiB")
 
@@ -263,11 +262,7 @@ async def test_a_turn_waiting_for_a_lagging_client_goes_on_when_that_client_leav
         send_timeout_s=60,
     )  # fmt: skip
     async with aiohttp.ClientSession() as http:
-        ws = await http.ws_connect(server.make_url("/"), max_msg_size=0)
-        await ws.receive()
-        await ws.send_json({"event": "user.create_session"})
-        sid = json.loads((await ws.receive()).data)["session_id"]
-        await ws.send_json({"event": "user.message", "session_id": sid, "content": "go"})
+        ws, sid = await quiet_turn(http, server.make_url("/"), "go")
         await asyncio.sleep(0.5)  # not reading: the turn is now waiting for this client
         session = server.app[SESSIONS].sessions[sid]
         assert session.busy
