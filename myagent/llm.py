@@ -15,7 +15,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx2
 import openai
+import orjson
 
 from .errors import LLMError
 
@@ -24,6 +26,8 @@ OPENAI_URL = "https://api.openai.com/v1"
 # Local OpenAI-compatible servers (Ollama, vLLM, llama.cpp) ignore the key but the client
 # insists on one.
 PLACEHOLDER_KEY = "not-needed"
+# The raw request sends a pre-encoded body, so it says what it is.
+_JSON_BODY: Any = {"headers": {"Content-Type": "application/json"}}
 
 
 @dataclass
@@ -111,8 +115,15 @@ class OpenAIModel(Model):
                 base_url=self.base_url,
                 timeout=self.timeout,
                 max_retries=self.max_retries,
+                # aiohttp under the SDK: the server's own stack, and no pool scan per request.
+                http_client=openai.DefaultAioHttpClient(),
             )
         return self._client
+
+    def warm_up(self) -> None:
+        """Build the client now, so the first turn does not pay for it on the event loop."""
+        if self.api_key is not None:
+            self._get_client()
 
     async def stream(
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]
@@ -125,25 +136,43 @@ class OpenAIModel(Model):
         finish: str | None = None
         try:
             client = self._get_client()
-            response = await client.chat.completions.create(**request)
-            async with response:
-                async for chunk in response:
-                    for choice in chunk.choices or ():
-                        if (getattr(choice, "index", 0) or 0) != 0:
+            # The SDK's documented raw path: its configuration, auth, retries and error
+            # types, without its per-request transform of the messages or a pydantic
+            # object per chunk. The stream is parsed here, one orjson.loads per chunk.
+            response = await client.post(
+                "/chat/completions",
+                content=orjson.dumps(request),
+                options=_JSON_BODY,
+                cast_to=httpx2.Response,
+                stream=True,
+            )
+            try:
+                async for chunk in _sse_chunks(response):
+                    for choice in chunk.get("choices") or ():
+                        if choice.get("index", 0):
                             continue
-                        if choice.finish_reason:
-                            finish = choice.finish_reason
-                        delta = choice.delta
-                        if delta is None:
+                        finish = choice.get("finish_reason") or finish
+                        delta = choice.get("delta")
+                        if not delta:
                             continue
-                        for part in delta.tool_calls or ():
+                        for part in delta.get("tool_calls") or ():
                             _merge_tool_call(calls, part)
-                        if delta.content:
-                            text.append(delta.content)
-                            yield delta.content
+                        content = delta.get("content")
+                        if content:
+                            text.append(content)
+                            yield content
+            finally:
+                await response.aclose()
         except openai.OpenAIError as exc:
             raise self._error(exc) from None
-        except (ValueError, TypeError, AttributeError) as exc:
+        except httpx2.TimeoutException:
+            raise LLMError(self._timeout_message()) from None
+        except httpx2.TransportError as exc:
+            raise LLMError(
+                f"The connection to the LLM endpoint at {self.endpoint} broke in the middle of "
+                f"a reply: {_connection_reason(exc)}. Check OPENAI_BASE_URL / --llm-base-url."
+            ) from None
+        except (ValueError, TypeError, AttributeError, KeyError) as exc:
             raise LLMError(
                 f"The LLM endpoint at {self.endpoint} sent a malformed streaming reply "
                 f"({type(exc).__name__}). Check that OPENAI_BASE_URL / --llm-base-url points "
@@ -180,12 +209,9 @@ class OpenAIModel(Model):
     def _error(self, exc: openai.OpenAIError) -> LLMError:
         """A sentence a person can act on for each way the endpoint can fail."""
         where = self.endpoint
-        if isinstance(exc, openai.APITimeoutError):
-            return LLMError(
-                f"The LLM endpoint at {where} did not answer within {self.timeout:g} s. "
-                "Check that it is running and not overloaded (OPENAI_BASE_URL / "
-                "--llm-base-url)."
-            )
+        if isinstance(exc, openai.APITimeoutError) and not _refused(exc):
+            # (the SDK's aiohttp transport reports a refused connection as a timeout)
+            return LLMError(self._timeout_message())
         if isinstance(exc, openai.APIConnectionError):
             return LLMError(
                 f"Could not reach the LLM endpoint at {where}: {_connection_reason(exc)}. "
@@ -198,6 +224,12 @@ class OpenAIModel(Model):
                 f"The LLM endpoint at {where} reported an error: {_one_line(exc.message)}."
             )
         return LLMError(f"The LLM client failed: {_one_line(str(exc))}.")
+
+    def _timeout_message(self) -> str:
+        return (
+            f"The LLM endpoint at {self.endpoint} did not answer within {self.timeout:g} s. "
+            "Check that it is running and not overloaded (OPENAI_BASE_URL / --llm-base-url)."
+        )
 
     def _status_message(self, exc: openai.APIStatusError) -> str:
         status, detail = exc.status_code, _detail(exc)
@@ -237,18 +269,42 @@ class OpenAIModel(Model):
             await client.close()
 
 
-def _merge_tool_call(calls: dict[int, dict[str, str]], part: Any) -> None:
+def _merge_tool_call(calls: dict[int, dict[str, str]], part: dict[str, Any]) -> None:
     """Fold one streamed tool-call delta into the call with the same index."""
-    index = getattr(part, "index", None) or 0
-    call = calls.setdefault(index, {"id": "", "name": "", "arguments": ""})
-    if getattr(part, "id", None) and not call["id"]:
-        call["id"] = part.id
-    function = getattr(part, "function", None)
-    if function is not None:
-        if function.name and not call["name"]:
-            call["name"] = function.name
-        if function.arguments:
-            call["arguments"] += function.arguments
+    call = calls.setdefault(part.get("index") or 0, {"id": "", "name": "", "arguments": ""})
+    if part.get("id") and not call["id"]:
+        call["id"] = part["id"]
+    function = part.get("function")
+    if function:
+        if function.get("name") and not call["name"]:
+            call["name"] = function["name"]
+        if function.get("arguments"):
+            call["arguments"] += function["arguments"]
+
+
+async def _sse_chunks(response: httpx2.Response) -> AsyncIterator[dict[str, Any]]:
+    """The JSON objects of an SSE stream's `data:` lines, up to `[DONE]`. An `error`
+    object in the stream (some servers report failures that way) is an APIError."""
+    pending = b""
+    async for data in response.aiter_bytes():
+        lines = (pending + data).split(b"\n")
+        pending = lines.pop()
+        for line in lines:
+            if not line.startswith(b"data:"):
+                continue  # blank separators, comments, event:/id: fields
+            payload = line[5:].strip()
+            if payload == b"[DONE]":
+                return
+            if not payload:
+                continue
+            chunk = orjson.loads(payload)
+            if not isinstance(chunk, dict):
+                raise TypeError("a chunk is not a JSON object")
+            if chunk.get("error"):
+                error = chunk["error"]
+                message = error.get("message") if isinstance(error, dict) else str(error)
+                raise openai.APIError(str(message or error), response.request, body=chunk)
+            yield chunk
 
 
 def _one_line(text: str, limit: int = 200) -> str:
@@ -267,23 +323,31 @@ def _detail(exc: openai.APIStatusError) -> str:
     return ""
 
 
+def _causes(exc: BaseException) -> list[BaseException]:
+    """The exception and its causes, innermost last (bounded)."""
+    chain: list[BaseException] = []
+    seen: BaseException | None = exc
+    while seen is not None and len(chain) < 10:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    return chain
+
+
+def _refused(exc: BaseException) -> bool:
+    return any(
+        isinstance(e, ConnectionRefusedError)
+        or (isinstance(e, OSError) and e.errno == errno.ECONNREFUSED)
+        or "refused" in str(e).lower()
+        for e in _causes(exc)
+    )
+
+
 def _connection_reason(exc: BaseException) -> str:
     """Why a connection failed, in a few words (walks the cause chain)."""
-    seen: BaseException | None = exc
-    deepest = ""
-    for _ in range(10):
-        if seen is None:
-            break
-        if isinstance(seen, ConnectionRefusedError) or (
-            isinstance(seen, OSError) and seen.errno == errno.ECONNREFUSED
-        ):
-            return "connection refused"
-        if "refused" in str(seen).lower():
-            return "connection refused"
-        if str(seen):
-            deepest = str(seen)
-        seen = seen.__cause__ or seen.__context__
-    return _one_line(deepest.rstrip(".")) or "connection failed"
+    if _refused(exc):
+        return "connection refused"
+    said = [str(e) for e in _causes(exc) if str(e)]
+    return _one_line(said[-1].rstrip(".")) if said else "connection failed"
 
 
 def model_from_env(

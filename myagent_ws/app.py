@@ -154,6 +154,11 @@ async def _background_tasks(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _ready(app: web.Application) -> None:
+    # What the model builds on first use (the HTTP client, its imports) is built now, so
+    # the first turn does not stall the event loop for every connection.
+    warm_up = getattr(app[MODEL], "warm_up", None)
+    if warm_up is not None:
+        warm_up()
     app[READY].set()
 
 

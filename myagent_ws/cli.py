@@ -159,7 +159,9 @@ def server(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if not debug:
-        logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+        # No line per request or per event unless --debug: access log, HTTP client, SDK.
+        for name in ("aiohttp.access", "httpx2", "httpx", "openai"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     try:
         registry, pm = _load(files, plugins, all_plugins, default_agent, click.echo)
         llm = model_for(settings)
@@ -176,8 +178,47 @@ def server(
     click.echo(f"🚀 MyAgent WebSocket server running at ws://{shown}:{port}")
     operator = f"http://{shown}:{settings.health_port or port}"
     click.echo(f"   console: http://{shown}:{port}/   health: {operator}/health")
+    files_note = raise_open_files_limit(settings.max_sessions + FILES_HEADROOM)
+    if files_note:
+        click.echo(files_note)
     app = create_app(settings, registry, pm=pm, model=llm)
-    web.run_app(app, host=host, port=port, print=None, shutdown_timeout=settings.shutdown_timeout_s)
+    web.run_app(
+        app,
+        host=host,
+        port=port,
+        print=None,
+        shutdown_timeout=settings.shutdown_timeout_s,
+        backlog=LISTEN_BACKLOG,
+    )
+
+
+# Connections arriving at once wait in the kernel's accept queue; aiohttp's default of 128
+# drops a burst of reconnecting clients (the kernel caps this at net.core.somaxconn).
+LISTEN_BACKLOG = 4096
+# File descriptors beyond one per session: LLM requests in flight, listeners, logs.
+FILES_HEADROOM = 1024
+
+
+def raise_open_files_limit(wanted: int) -> str | None:
+    """Raise the soft open-files limit to the hard limit (each connection is a file); a
+    one-line note when even that is below `wanted`, else None."""
+    try:
+        import resource
+    except ImportError:  # not on this platform
+        return None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        return (
+            f"⚠️  open-files limit is {soft}, below the {wanted} that --max-sessions needs; "
+            "raise it (ulimit -n, or LimitNOFILE= in systemd) or lower --max-sessions."
+        )
+    return None
 
 
 @cli.command()

@@ -221,3 +221,49 @@ def test_bad_setting_exits_2_naming_the_option():
     errors = [line for line in result.stderr.splitlines() if line.startswith("Error")]
     assert len(errors) == 1 and "MYAGENT_WS_MAX_SESSIONS" in errors[0], result.stderr
     assert "Traceback" not in result.stderr
+
+
+async def _weather_turn(url: str) -> str:
+    async with websockets.connect(url) as ws:
+        await ws.recv()
+        await ws.send(json.dumps({"event": "user.create_session"}))
+        sid = json.loads(await ws.recv())["session_id"]
+        await ws.send(json.dumps({"event": "user.message", "session_id": sid, "content": "Paris?"}))
+        while True:
+            event = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            if event["event"].startswith(("agent.final", "agent.error")):
+                return event["event"]
+
+
+@pytest.mark.parametrize("debug", [False, True])
+async def test_llm_requests_are_logged_only_with_debug(cli_server, fake_openai, debug):
+    """No log line per LLM request (the HTTP client logs each at INFO) unless --debug."""
+    from tests.fake_openai import tool_calls
+
+    fake_openai.script += [tool_calls(("c1", "get_weather", '{"city": "Paris"}')), "Sunny."]
+    flags = ["--llm-base-url", fake_openai.base_url, "--model", "fake", "--llm-api-key", "k"]
+    server = cli_server(WEATHER, *flags, *(["--debug"] if debug else []))
+    assert await _weather_turn(server.url) == "agent.final_answer"
+    output = server.stop()
+    assert len(fake_openai.requests) == 2
+    assert ("HTTP Request: POST" in output) is debug
+
+
+def test_open_files_limit_is_raised_to_the_hard_limit_and_a_short_one_is_named():
+    """10,000 connections need 10,000 files: the soft limit (often 1,024) goes up to the
+    hard one at start-up, and a hard limit still too low gets one line saying so."""
+    script = (
+        "import resource\n"
+        "from myagent_ws.cli import raise_open_files_limit\n"
+        "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))\n"
+        "print(raise_open_files_limit(100))\n"
+        "print(resource.getrlimit(resource.RLIMIT_NOFILE)[0] == hard)\n"
+        "print(raise_open_files_limit(hard + 1))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30, check=True
+    )
+    none, raised, note = result.stdout.splitlines()
+    assert (none, raised) == ("None", "True")
+    assert "open-files limit is" in note and "--max-sessions" in note

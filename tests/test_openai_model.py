@@ -299,3 +299,24 @@ async def test_no_key_and_no_endpoint_is_a_clear_error() -> None:
     with pytest.raises(LLMError, match="Set OPENAI_API_KEY"):
         await items(model, [{"role": "user", "content": "hi"}], [])
     await model.aclose()
+
+
+async def test_the_http_client_is_built_at_start_up_not_on_the_first_turn(serve, fake_openai):
+    """Building the SDK client stalled the event loop ~70 ms on the first turn of a fresh
+    process, for every connection; the server builds it before it is ready instead."""
+    model = OpenAIModel(model="fake", base_url=fake_openai.base_url, api_key="k")
+    assert model._client is None
+    await serve(model=model)
+    assert model._client is not None
+    await model.aclose()
+
+
+async def test_an_error_object_in_the_stream_is_an_llm_error(fake_openai):
+    """Some servers report a failure mid-stream as `data: {"error": {...}}`."""
+    fake_openai.script.append(Raw(['{"error": {"message": "The model overloaded."}}']))
+    model = OpenAIModel(model="fake", base_url=fake_openai.base_url, api_key="k")
+    try:
+        with pytest.raises(LLMError, match="The model overloaded"):
+            await create_react_agent("e", model=model).arun("hi")
+    finally:
+        await model.aclose()
