@@ -8,10 +8,12 @@ between schemas resolve through a local registry, never over the network.
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime
 from importlib.resources import files
 from typing import Any
 
+import jsonschema_rs
 import orjson
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
@@ -109,10 +111,21 @@ class Protocol:
             Draft202012Validator.check_schema(schema)
         # References between files are inlined once here, so validating a frame resolves
         # none (resolution per frame cost more than the validation itself).
-        self._validators = {
-            name: Draft202012Validator(_bundled(schema, self.schemas), format_checker=None)
+        bundled = {
+            name: _bundled(schema, self.schemas)
             for name, schema in self.schemas.items()
             if name != "envelope"
+        }
+        # Two validators per schema: jsonschema-rs decides (1.3 µs for a user.message
+        # against jsonschema's 210 µs), jsonschema words the errors of the frames it
+        # rejects and is the reference if the two ever disagree.
+        self._fast = {
+            name: jsonschema_rs.validator_for(schema, validate_formats=False, offline=True)
+            for name, schema in bundled.items()
+        }
+        self._validators = {
+            name: Draft202012Validator(schema, format_checker=None)
+            for name, schema in bundled.items()
         }
 
     def decode(self, data: str) -> dict:
@@ -162,16 +175,18 @@ class Protocol:
                 else f"{_short(event)} is not of type 'string'",
                 session_id=session_id,
             )
-        validator = self._validators.get(event) if event in CLIENT_EVENTS else None
-        if validator is None:
+        fast = self._fast.get(event) if event in CLIENT_EVENTS else None
+        if fast is None:
             hint = " That is a server event." if event in SERVER_EVENTS else ""
             raise ProtocolError(
                 "unknown_event",
                 f"Unknown event {_short(event)}.{hint} Clients can send: {_CLIENT_LIST}.",
                 session_id=session_id,
             )
-        if not validator.is_valid(message):
-            raise self._violation(event, validator, message, session_id)
+        if not fast.is_valid(message):
+            error = self._violation(event, message, session_id)
+            if error is not None:
+                raise error
         return message
 
     def check_outbound(self, event: dict) -> None:
@@ -185,9 +200,10 @@ class Protocol:
                 path="/event",
                 reason="unknown server event",
             )
-        validator = self._validators[name]
-        if not validator.is_valid(event):
-            raise self._violation(name, validator, event, event.get("session_id"))
+        if not self._fast[name].is_valid(event):
+            error = self._violation(name, event, event.get("session_id"))
+            if error is not None:
+                raise error
         if "seq" in event and event["event_id"] != f"{event['session_id']}:{event['seq']}":
             raise ProtocolError(
                 "schema_violation",
@@ -196,11 +212,12 @@ class Protocol:
                 reason="event_id does not match session_id and seq",
             )
 
-    def _violation(
-        self, event: str, validator: Draft202012Validator, message: dict, session_id: Any
-    ) -> ProtocolError:
-        """The most relevant failure, pointed at the field to fix (failure path only)."""
-        error: ValidationError = best_match(validator.iter_errors(message))
+    def _violation(self, event: str, message: dict, session_id: Any) -> ProtocolError | None:
+        """The most relevant failure, pointed at the field to fix (failure path only);
+        None if jsonschema finds the message valid after all."""
+        error: ValidationError | None = best_match(self._validators[event].iter_errors(message))
+        if error is None:
+            return None
         parts = list(error.absolute_path)
         if error.validator == "required" and isinstance(error.instance, dict):
             parts.append(next(p for p in error.validator_value if p not in error.instance))
@@ -282,9 +299,19 @@ def cut_content(event: dict[str, Any], content: str, limit: int) -> None:
     event["metadata"] = metadata
 
 
+_second: list[Any] = [None, ""]  # the last whole second seen, and its formatted text
+
+
 def now_iso() -> str:
-    """UTC ISO-8601 with milliseconds and offset, e.g. 2026-01-01T12:00:00.000+00:00."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
+    """UTC ISO-8601 with milliseconds and offset, e.g. 2026-01-01T12:00:00.000+00:00.
+    Every event carries one: the date part is formatted once per second (a quarter of
+    the cost of datetime.isoformat per event)."""
+    ms = time.time_ns() // 1_000_000
+    second, millis = divmod(ms, 1000)
+    if second != _second[0]:
+        _second[0] = second
+        _second[1] = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{_second[1]}.{millis:03d}+00:00"
 
 
 def make_event(

@@ -145,6 +145,59 @@ def test_seed_javascript_client_messages_decode(proto: Protocol) -> None:
     assert proto.decode(json.dumps(message, ensure_ascii=False)) == message
 
 
+VALID_CLIENT_MESSAGES = [
+    {"event": "user.create_session", "content": "create_session"},
+    {"event": "user.create_session", "content": {"agent": "weather"}},
+    {"event": "user.create_session", "content": {}},
+    {"event": "user.create_session", "content": None},
+    {"event": "user.create_session", "metadata": {"agent": "weather"}},
+    {"event": "user.message", "session_id": "s_1", "content": "北京今天天气怎么样？"},
+    {"event": "user.cancel", "session_id": "s_1"},
+    {"event": "user.end_session", "session_id": "s_1"},
+    {"event": "user.list_agents"},
+    {"event": "user.reconnect", "session_id": "s_1"},
+    {"event": "user.reconnect", "session_id": "s_1", "content": {"last_seq": 4}},
+    {"event": "user.ack", "content": {"last_seq": 0}},
+    {"event": "user.ack", "content": {"last_event_id": "s_1:3"}},
+    {"event": "user.ack", "session_id": "s_1", "content": {"last_seq": 3}},
+    {"event": "user.response", "session_id": "s", "step_id": "t1", "content": {"approved": False}},
+    {
+        "event": "user.response",
+        "session_id": "s",
+        "step_id": "t1",
+        "content": {"confirmed": True, "feedback": "go ahead"},
+    },
+]
+ODD_VALUES = [None, 0, -1, 2**40, 1.5, True, "", "x" * 200, "s:1", [], {}, {"last_seq": -2}]
+
+
+def _mutations(message: dict) -> list[dict]:
+    """The message with each field dropped, and with each field (and each field of a dict
+    content) replaced by each odd value."""
+    out = []
+    for key, value in message.items():
+        if key == "event":
+            continue
+        out.append({k: v for k, v in message.items() if k != key})
+        out += [{**message, key: odd} for odd in ODD_VALUES]
+        if isinstance(value, dict):
+            for inner in value:
+                out += [{**message, key: {**value, inner: odd}} for odd in ODD_VALUES]
+    return out
+
+
+@pytest.mark.parametrize("message", VALID_CLIENT_MESSAGES, ids=lambda m: m["event"])
+def test_fast_validator_agrees_with_jsonschema(proto: Protocol, message: dict) -> None:
+    """jsonschema-rs decides on the hot path; jsonschema is the reference. They must give
+    the same verdict on every valid message and on hundreds of broken variants."""
+    cases = [message, *_mutations(message)]
+    for case in cases:
+        name = case["event"]
+        verdict = proto._fast[name].is_valid(case)
+        assert verdict == proto._validators[name].is_valid(case), case
+    assert len(cases) == 1 or any(not proto._fast[c["event"]].is_valid(c) for c in cases)
+
+
 @pytest.mark.parametrize(
     "message",
     [
