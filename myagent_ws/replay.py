@@ -108,8 +108,8 @@ class ReplayBuffer:
         start = seq - offset
         cache = self._cache
         if cache is None or cache[0] != start:
-            decompressor = zlib.decompressobj(zdict=_DICTIONARY)
-            cache = self._cache = (start, decompressor.decompress(self._blocks[number]).split(b"\n"))
+            data = zlib.decompressobj(zdict=_DICTIONARY).decompress(self._blocks[number])
+            cache = self._cache = (start, data.split(b"\n"))
         return cache[1][offset]
 
     def trim(self, upto_seq: int) -> None:
