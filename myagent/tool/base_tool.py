@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Self
 
+import jsonschema_rs
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 
@@ -20,7 +21,7 @@ _MISSING = object()
 
 # parameters dict id -> (the dict itself, its compiled validator). Holding the dict keeps its
 # id from being reused, so each schema is compiled once however many calls or clones use it.
-_VALIDATORS: dict[int, tuple[dict[str, Any], Draft202012Validator]] = {}
+_VALIDATORS: dict[int, tuple[dict[str, Any], Draft202012Validator, Any]] = {}
 
 
 @dataclass(slots=True)
@@ -48,15 +49,25 @@ def output_text(value: Any) -> str:
 
 def validator_for(parameters: dict[str, Any]) -> Draft202012Validator:
     """The compiled validator for a parameters schema (compiled on first use only)."""
+    return _compiled(parameters)[1]
+
+
+def _compiled(parameters: dict[str, Any]) -> tuple[Any, Draft202012Validator, Any]:
+    """(parameters, jsonschema validator, jsonschema-rs validator or None), cached: the
+    fast one decides each tool call (microseconds instead of a tenth of a millisecond),
+    jsonschema words what is wrong."""
     cached = _VALIDATORS.get(id(parameters))
     if cached is not None and cached[0] is parameters:
-        return cached[1]
+        return cached
     Draft202012Validator.check_schema(parameters)
-    validator = Draft202012Validator(parameters)
+    try:
+        fast = jsonschema_rs.validator_for(parameters, validate_formats=False)
+    except Exception:  # a schema only jsonschema accepts: it decides alone
+        fast = None
     if len(_VALIDATORS) > 4096:  # tools built with fresh dicts over and over: stay bounded
         _VALIDATORS.clear()
-    _VALIDATORS[id(parameters)] = (parameters, validator)
-    return validator
+    cached = _VALIDATORS[id(parameters)] = (parameters, Draft202012Validator(parameters), fast)
+    return cached
 
 
 class BaseTool:
@@ -136,9 +147,10 @@ class BaseTool:
 
     def validate_arguments(self, arguments: Any) -> str | None:
         """None if `arguments` fit `parameters`, else a sentence saying what is wrong."""
-        error = best_match(
-            validator_for(self.parameters or EMPTY_PARAMETERS).iter_errors(arguments)
-        )
+        _, validator, fast = _compiled(self.parameters or EMPTY_PARAMETERS)
+        if fast is not None and fast.is_valid(arguments):
+            return None
+        error = best_match(validator.iter_errors(arguments))
         if error is None:
             return None
         where = "/".join(str(part) for part in error.absolute_path)
