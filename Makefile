@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PORT ?= 8080
 
-.PHONY: install run test lint format clean
+.PHONY: install run test lint format bench clean
 
 PLUGINS := plugins/weather plugins/calculator
 
@@ -31,6 +31,11 @@ lint: install
 
 test: lint
 	$(BIN)/pytest -q
+
+# One comparison run against the bare aiohttp reference (fresh processes, loopback):
+# prints the table and writes bench/RESULTS.md. A few minutes.
+bench: install
+	$(BIN)/python bench/run.py
 
 format: install
 	$(BIN)/ruff format .
