@@ -16,7 +16,6 @@ its frames from a one-block cache.
 from __future__ import annotations
 
 import zlib
-from collections import deque
 
 BLOCK = 32  # frames per compressed block
 KEEP_RAW = 16  # the newest frames are never compressed: live readers send from them
@@ -48,9 +47,10 @@ class ReplayBuffer:
     )
 
     def __init__(self, max_events: int, max_bytes: int) -> None:
-        self._blocks: deque[bytes] = deque()  # compressed, BLOCK frames each, oldest first
+        # Lists, not deques: both stay short, and an empty deque weighs 600 bytes.
+        self._blocks: list[bytes] = []  # compressed, BLOCK frames each, oldest first
         self._blocks_first = 1  # the seq of the first frame in _blocks[0]
-        self._raw: deque[bytes] = deque()  # the newest frames, as sent
+        self._raw: list[bytes] = []  # the newest frames (fewer than BLOCK + KEEP_RAW), as sent
         self._raw_first = 1  # the seq of _raw[0]
         self._cache: tuple[int, list[bytes]] | None = None  # one decompressed block
         self.first_seq = 1
@@ -78,7 +78,8 @@ class ReplayBuffer:
 
     def _compress_oldest(self) -> None:
         raw = self._raw
-        frames = [raw.popleft() for _ in range(BLOCK)]
+        frames = raw[:BLOCK]
+        del raw[:BLOCK]
         # Frames are compact JSON, which never holds a raw newline: it can separate them.
         compressor = zlib.compressobj(1, zdict=_DICTIONARY)
         block = compressor.compress(b"\n".join(frames)) + compressor.flush()
@@ -121,11 +122,15 @@ class ReplayBuffer:
         """Make `seq` the first frame, freeing every block and frame wholly before it."""
         self.first_seq = seq
         blocks = self._blocks
-        while blocks and self._blocks_first + BLOCK <= seq:
-            self.bytes -= len(blocks.popleft())
-            self._blocks_first += BLOCK
+        whole = min(len(blocks), (seq - self._blocks_first) // BLOCK) if blocks else 0
+        if whole > 0:
+            self.bytes -= sum(map(len, blocks[:whole]))
+            del blocks[:whole]
+            self._blocks_first += whole * BLOCK
         if not blocks:
             raw = self._raw
-            while raw and self._raw_first < seq:
-                self.bytes -= len(raw.popleft())
-                self._raw_first += 1
+            count = min(len(raw), seq - self._raw_first)
+            if count > 0:
+                self.bytes -= sum(map(len, raw[:count]))
+                del raw[:count]
+                self._raw_first += count

@@ -40,7 +40,7 @@ class Reader(Protocol):
 
     def attach(self, session: Session, cursor: int) -> None: ...
 
-    def notify(self, session: Session, size: int) -> bool: ...
+    def notify(self, session: Session, frame: bytes) -> bool: ...
 
     def sent(self, session: Session) -> int: ...
 
@@ -83,7 +83,8 @@ class Session:
         self.last_active = time.monotonic()
         self.closed = False
         self._manager = manager
-        self._backlog: deque[tuple[int, bytes, dict[str, Any]]] = deque()
+        # For the store and observers; made when first needed (most servers have neither).
+        self._backlog: deque[tuple[int, bytes, dict[str, Any]]] | None = None
         self._follower: asyncio.Task[None] | None = None
 
     @property
@@ -105,10 +106,9 @@ class Session:
         frame = encode(event)
         buffer = self.buffer
         over = buffer.append(frame)
-        size = len(frame)
         behind = False
         for connection in self.connections:
-            if connection.notify(self, size):
+            if connection.notify(self, frame):
                 behind = True
         if over:  # drop the oldest, but none that an attached reader has yet to send
             buffer.evict(min([seq] + [c.sent(self) + 1 for c in self.connections]))
@@ -127,6 +127,8 @@ class Session:
     def _follow(self, seq: int, frame: bytes, event: dict[str, Any]) -> None:
         """Queue the event for the store and the observers, which take it in order."""
         backlog = self._backlog
+        if backlog is None:
+            backlog = self._backlog = deque()
         if len(backlog) >= self.buffer.max_events:
             if self._manager.store.keeps_events:
                 self._store_failed(RuntimeError("the store fell a whole replay buffer behind"))
@@ -157,7 +159,8 @@ class Session:
         """A store failure ends the running turn with agent.error; the session stays."""
         log.error("session %s: the store failed: %r", self.id, exc)
         self._manager.metrics.store_error()
-        self._backlog.clear()
+        if self._backlog is not None:
+            self._backlog.clear()
         if self.turn is not None:
             self.turn.fail(
                 "internal_error",
