@@ -88,7 +88,9 @@ class Child:
 
     live: list[Child] = []
 
-    def __init__(self, name: str, argv: list[str], logdir: Path) -> None:
+    def __init__(
+        self, name: str, argv: list[str], logdir: Path, cpus: set[int] | None = None
+    ) -> None:
         self.name = name
         self.log_path = logdir / f"{name}.log"
         self._log: IO[bytes] = self.log_path.open("wb")
@@ -96,6 +98,8 @@ class Child:
         self.proc = subprocess.Popen(
             argv, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log
         )
+        if cpus is not None:
+            os.sched_setaffinity(self.proc.pid, cpus)
         Child.live.append(self)
 
     @property
@@ -158,6 +162,23 @@ class Child:
             child.stop()
 
 
+# The server under test gets a core of its own; the fake LLM and the load client (this
+# process) share the other. Without pinning, the scheduler moves them around and both
+# servers' latency percentiles mostly measure that.
+_PIN = hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) >= 2
+SERVER_CPUS: set[int] | None = {min(os.sched_getaffinity(0))} if _PIN else None
+LOAD_CPUS: set[int] | None = set(os.sched_getaffinity(0)) - SERVER_CPUS if _PIN else None
+
+
+def pinning() -> str:
+    """How processes are placed on CPUs, for the report."""
+    if SERVER_CPUS is None or LOAD_CPUS is None:
+        return "not pinned (fewer than 2 CPUs)"
+    return (
+        f"server on CPU {sorted(SERVER_CPUS)}, fake LLM and load client on CPUs {sorted(LOAD_CPUS)}"
+    )
+
+
 def free_port() -> int:
     """Our server wants a fixed --port: let the kernel pick a free one."""
     with socket.socket() as sock:
@@ -199,7 +220,7 @@ async def start_fake(mode: str, sizes: Sizes, logdir: Path, tag: str) -> tuple[C
         argv += ["--answer-tokens", str(sizes.answer_tokens)]
     else:
         argv += ["--answer-tokens", str(sizes.instant_tokens)]
-    fake = Child(f"{tag}-fake", argv, logdir)
+    fake = Child(f"{tag}-fake", argv, logdir, LOAD_CPUS)
     port = await fake.ready_port()
     return fake, f"http://127.0.0.1:{port}/v1"
 
@@ -213,7 +234,7 @@ async def start_server(
             argv += ["--llm-url", llm_url]
         else:
             argv += ["--offline-tokens", str(sizes.offline_tokens)]
-        child = Child(f"{tag}-server", argv, logdir)
+        child = Child(f"{tag}-server", argv, logdir, SERVER_CPUS)
         port = await child.ready_port()
     else:
         port = free_port()
@@ -221,7 +242,7 @@ async def start_server(
         argv += ["--host", "127.0.0.1", "--port", str(port)]
         if llm_url:
             argv += ["--llm-base-url", llm_url, "--model", "fake", "--llm-api-key", "bench"]
-        child = Child(f"{tag}-server", argv, logdir)
+        child = Child(f"{tag}-server", argv, logdir, SERVER_CPUS)
         await child.healthy(port)
     return child, f"ws://127.0.0.1:{port}/"
 
@@ -547,7 +568,9 @@ def report(
     """The plain-text table for the terminal and the markdown for RESULTS.md."""
     header = ["metric", "reference", "myagent-ws", "ours/ref"]
     info = machine()
-    text = [f"myagent-ws bench ({'quick' if quick else 'full'}), commit {info['commit']}"]
+    text = [
+        f"myagent-ws bench ({'quick' if quick else 'full'}), commit {info['commit']}; " + pinning()
+    ]
     md = [
         "# Benchmark: myagent-ws vs the bare aiohttp reference server",
         "",
@@ -556,6 +579,7 @@ def report(
         f"aiohttp {info['aiohttp']}",
         f"- commit: `{info['commit']}`",
         f"- command: `{command}`",
+        f"- CPUs: {pinning()}",
         "",
         "Fresh server (and fake LLM) processes per scenario and server, on loopback. Server "
         "CPU is utime+stime over the turn phase only; RSS per session is VmRSS with the "
@@ -656,6 +680,8 @@ def main() -> int:
         )
     command = "python bench/run.py " + " ".join(sys.argv[1:])
     load.raise_nofile_limit()  # the servers inherit it: 10,000 sockets each side
+    if LOAD_CPUS is not None:
+        os.sched_setaffinity(0, LOAD_CPUS)
     signal.signal(signal.SIGTERM, _terminate)
     started = time.perf_counter()
     try:

@@ -323,13 +323,15 @@ def make_event(
     step_id: str | None = None,
 ) -> dict:
     """A server event with its timestamp set; fields that are None are left out."""
-    fields = {
-        "session_id": session_id,
-        "step_id": step_id,
-        "content": content,
-        "metadata": metadata,
-    }
-    message = {"event": event, **{k: v for k, v in fields.items() if v is not None}}
+    message: dict[str, Any] = {"event": event}
+    if session_id is not None:
+        message["session_id"] = session_id
+    if step_id is not None:
+        message["step_id"] = step_id
+    if content is not None:
+        message["content"] = content
+    if metadata is not None:
+        message["metadata"] = metadata
     message["timestamp"] = now_iso()
     return message
 
