@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import inspect
 import json
 import math
@@ -63,12 +64,13 @@ def is_chinese(text: str) -> bool:
     return bool(_CJK_CHAR.search(text))
 
 
-def keywords(text: str) -> set[str]:
+@functools.lru_cache(maxsize=1024)  # tool descriptions recur on every step of every turn
+def keywords(text: str) -> frozenset[str]:
     """Lower-cased latin words (3+ letters) and single CJK characters, minus common ones."""
     text = re.sub(r"([a-z])([A-Z])", r"\1 \2", text).replace("_", " ").lower()
     words = {w for w in _LATIN_WORD.findall(text) if len(w) >= 3 and w not in _COMMON_LATIN}
     words |= set(_OPERATOR.findall(text))  # "12 * 7" matches a tool that mentions `*`
-    return words | {c for c in _CJK_CHAR.findall(text) if c not in _COMMON_CJK}
+    return frozenset(words | {c for c in _CJK_CHAR.findall(text) if c not in _COMMON_CJK})
 
 
 def pick_tool(text: str, tools: list[dict[str, Any]]) -> dict[str, Any] | None:

@@ -6,6 +6,7 @@ increment: 2.5% of the server's CPU under load)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily
@@ -38,6 +39,7 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
+        self._outcomes: dict[str, Any] = {}
         self.events_sent: dict[str, int] = {}  # by event name
         self.registry.register(
             _Tally(
@@ -96,7 +98,10 @@ class Metrics:
         self._first_event_seconds.observe(seconds)
 
     def turn_finished(self, outcome: str, seconds: float) -> None:
-        self._turns_finished.labels(outcome=outcome).inc()
+        child = self._outcomes.get(outcome)
+        if child is None:  # labels() is a lookup under a lock: bound once per outcome
+            child = self._outcomes[outcome] = self._turns_finished.labels(outcome=outcome)
+        child.inc()
         self._turn_seconds.observe(seconds)
 
     def render(self) -> bytes:
