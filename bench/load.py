@@ -43,6 +43,9 @@ WS_OPTIONS: dict[str, Any] = (
     if "decode_text" in inspect.signature(aiohttp.ClientSession.ws_connect).parameters
     else {}
 )
+# permessage-deflate window bits to offer (0: none, as aiohttp's client defaults to;
+# browsers offer 15). `--compress 15` measures what compression costs the server.
+COMPRESS = 0
 CLOSED_TYPES = (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED)
 
 
@@ -249,6 +252,7 @@ async def _open(
                     max_msg_size=0,
                     autoping=True,
                     timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
+                    compress=COMPRESS,
                     **WS_OPTIONS,
                 )
             client = Client(ws, stats)
@@ -293,17 +297,31 @@ def _session() -> aiohttp.ClientSession:
     return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
 
 
+async def _ramp(gate: asyncio.Semaphore, slots: int, ramp_s: float) -> None:
+    """Open `slots` turn slots evenly over `ramp_s` seconds."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    for i in range(slots):
+        await asyncio.sleep(max(0.0, start + i * ramp_s / slots - loop.time()))
+        gate.release()
+
+
 async def run_turns(
     url: str,
     connections: int,
     turns: int,
     concurrent: int | None = None,
     timeout_s: float = 300.0,
+    ramp_s: float = 0.0,
     on_ready: Callable[[], None] | None = None,
     on_done: Callable[[], None] | None = None,
     connect_concurrency: int = CONNECT_CONCURRENCY,
 ) -> dict[str, Any]:
     """N connections with a session each, then M turns each (at most `concurrent` in flight).
+
+    With `ramp_s`, the first `concurrent` turns start evenly over that many seconds, then a
+    turn starts whenever one ends: `concurrent` stream at any moment, out of step with each
+    other as users are (started together, every stream's tokens would arrive in bursts).
 
     Phases: connect + create sessions, then `on_ready()`, the timed turn phase, `on_done()`
     (connections still open), then close. The callbacks let a caller sample the server's
@@ -318,10 +336,12 @@ async def run_turns(
         try:
             if on_ready is not None:
                 on_ready()
-            gate = asyncio.Semaphore(concurrent) if concurrent else None
+            gate = asyncio.Semaphore(0 if ramp_s else concurrent) if concurrent else None
             stats.counting = True
             t2 = time.perf_counter()
             tasks = [asyncio.create_task(c.run(turns, gate)) for c in clients]
+            if gate is not None and concurrent and ramp_s:
+                tasks.append(asyncio.create_task(_ramp(gate, concurrent, ramp_s)))
             pending: set[asyncio.Task[None]] = set()
             if tasks:
                 _, pending = await asyncio.wait(tasks, timeout=timeout_s)
@@ -419,7 +439,12 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
             release.set()
         return await hold_idle(args.url, args.connections, release=release)
     return await run_turns(
-        args.url, args.connections, args.turns, args.concurrent, timeout_s=args.timeout_s
+        args.url,
+        args.connections,
+        args.turns,
+        args.concurrent,
+        timeout_s=args.timeout_s,
+        ramp_s=args.ramp_s,
     )
 
 
@@ -429,9 +454,13 @@ if __name__ == "__main__":
     parser.add_argument("--connections", type=int, default=100)
     parser.add_argument("--turns", type=int, default=1)
     parser.add_argument("--concurrent", type=int, default=None, help="turns in flight, max")
+    parser.add_argument("--compress", type=int, default=0, help="offer permessage-deflate")
+    parser.add_argument(
+        "--ramp-s", type=float, default=0.0, help="start the first --concurrent turns over this"
+    )
     parser.add_argument("--idle", action="store_true", help="hold connections, no turns")
     parser.add_argument("--hold-s", type=float, default=0.0, help="with --idle: hold this long")
     parser.add_argument("--timeout-s", type=float, default=300.0, help="turn phase bound")
-    print(
-        orjson.dumps(asyncio.run(_main(parser.parse_args())), option=orjson.OPT_INDENT_2).decode()
-    )
+    arguments = parser.parse_args()
+    COMPRESS = arguments.compress
+    print(orjson.dumps(asyncio.run(_main(arguments)), option=orjson.OPT_INDENT_2).decode())

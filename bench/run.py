@@ -299,6 +299,7 @@ async def run_case(scenario: str, server: str, sizes: Sizes, logdir: Path) -> di
                 turns,
                 sizes.in_flight if scenario == "realistic" else None,
                 timeout_s=sizes.phase_timeout_s,
+                ramp_s=turn_length_s(sizes) if scenario == "realistic" else 0.0,
                 on_ready=ready,
                 on_done=done,
             )
@@ -401,6 +402,12 @@ def scenario_rows(pair: dict[str, dict[str, Any]]) -> list[list[str]]:
     return rows
 
 
+def turn_length_s(sizes: Sizes) -> float:
+    """How long a realistic turn takes at the fake's pace: two replies, each after the
+    time to first token, with the role, tool-call and finish chunks at the token rate."""
+    return 2 * sizes.ttft_ms / 1000 + (sizes.answer_tokens + 7) / sizes.tokens_per_s
+
+
 def describe(scenario: str, sizes: Sizes) -> str:
     if scenario == "offline":
         return (
@@ -416,7 +423,9 @@ def describe(scenario: str, sizes: Sizes) -> str:
         return (
             f"{sizes.realistic_sessions:,} sessions × 1 turn, {sizes.in_flight} in flight, fake "
             f"LLM ttft {sizes.ttft_ms} ms, {sizes.tokens_per_s} tokens/s, "
-            f"{sizes.answer_tokens} answer tokens"
+            f"{sizes.answer_tokens} answer tokens; the first {sizes.in_flight} turns start "
+            f"evenly over one turn's length ({turn_length_s(sizes):.1f} s), then one starts "
+            "whenever one ends"
         )
     return f"{sizes.idle_connections:,} idle connections, one session each, one process"
 

@@ -105,6 +105,7 @@ async def endpoint(request: web.Request) -> web.StreamResponse:
     settings = app[SETTINGS]
     ws = web.WebSocketResponse(
         heartbeat=settings.ws_ping_s or None,
+        compress=settings.ws_compression,
         max_msg_size=settings.max_frame_bytes * settings.frame_ceiling_factor,
     )
     if not ws.can_prepare(request).ok:
