@@ -149,6 +149,12 @@ async def serve(options: argparse.Namespace) -> None:
         await runner.cleanup()
 
 
+try:  # the same event loop as the server under test (it uses uvloop when installed)
+    from uvloop import run
+except ImportError:
+    run = asyncio.run
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
@@ -161,7 +167,7 @@ def main() -> None:
     if options.tokens_per_s <= 0 or options.answer_tokens < 0 or options.ttft_ms < 0:
         parser.error("--tokens-per-s must be > 0; --answer-tokens and --ttft-ms >= 0")
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(options))
+        run(serve(options))
 
 
 if __name__ == "__main__":

@@ -396,6 +396,12 @@ async def serve(config: argparse.Namespace) -> None:
         await runner.cleanup()
 
 
+try:  # the same event loop as the server under test (it uses uvloop when installed)
+    from uvloop import run
+except ImportError:
+    run = asyncio.run
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
@@ -406,7 +412,7 @@ def main() -> None:
     config.completions_url = f"{(config.llm_url or '').rstrip('/')}/chat/completions"
     raise_fd_limit()
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(config))
+        run(serve(config))
 
 
 if __name__ == "__main__":

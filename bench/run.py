@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import os
 import platform
 import re
@@ -564,6 +565,8 @@ def machine() -> dict[str, str]:
         "python": platform.python_version(),
         "aiohttp": aiohttp.__version__,
         "commit": commit,
+        # All three programs use uvloop when it is installed, so the comparison stays fair.
+        "loop": "uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
     }
 
 
@@ -589,6 +592,7 @@ def report(
         f"- commit: `{info['commit']}`",
         f"- command: `{command}`",
         f"- CPUs: {pinning()}",
+        f"- event loop: {info['loop']} (the servers and the fake LLM alike)",
         "",
         "Fresh server (and fake LLM) processes per scenario and server, on loopback. Server "
         "CPU is utime+stime over the turn phase only; RSS per session is VmRSS with the "

@@ -42,6 +42,8 @@ def test_banner_names_file_agent_offline_model_and_url(cli_server):
     assert "Agent loaded: weather-assistant" in output
     assert "offline model" in output
     assert f"ws://127.0.0.1:{server.port}" in output
+    # uvloop is in the test extra, so every CLI test here serves on it.
+    assert "event loop: uvloop" in output
     assert server.proc.returncode == 0
 
 
@@ -267,3 +269,16 @@ def test_open_files_limit_is_raised_to_the_hard_limit_and_a_short_one_is_named()
     none, raised, note = result.stdout.splitlines()
     assert (none, raised) == ("None", "True")
     assert "open-files limit is" in note and "--max-sessions" in note
+
+
+def test_without_uvloop_the_server_uses_asyncios_loop() -> None:
+    script = (
+        "import sys\n"
+        "sys.modules['uvloop'] = None  # as if the extra were not installed\n"
+        "from myagent_ws.cli import fast_event_loop\n"
+        "print(fast_event_loop())\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30, check=True
+    )
+    assert result.stdout.strip() == "None"
