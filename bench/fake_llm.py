@@ -149,12 +149,6 @@ async def serve(options: argparse.Namespace) -> None:
         await runner.cleanup()
 
 
-try:  # the same event loop as the server under test (it uses uvloop when installed)
-    from uvloop import run
-except ImportError:
-    run = asyncio.run
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
@@ -163,10 +157,16 @@ def main() -> None:
     parser.add_argument("--ttft-ms", type=float, default=300.0, help="realistic: first chunk")
     parser.add_argument("--tokens-per-s", type=float, default=30.0, help="realistic: pace")
     parser.add_argument("--answer-tokens", type=int, default=200)
+    parser.add_argument("--uvloop", action="store_true", help="serve on uvloop")
     options = parser.parse_args()
     if options.tokens_per_s <= 0 or options.answer_tokens < 0 or options.ttft_ms < 0:
         parser.error("--tokens-per-s must be > 0; --answer-tokens and --ttft-ms >= 0")
     with contextlib.suppress(KeyboardInterrupt):
+        run = asyncio.run
+        if options.uvloop:
+            import uvloop  # the same loop as the server under test (bench/run.py --uvloop)
+
+            run = uvloop.run
         run(serve(options))
 
 

@@ -396,22 +396,22 @@ async def serve(config: argparse.Namespace) -> None:
         await runner.cleanup()
 
 
-try:  # the same event loop as the server under test (it uses uvloop when installed)
-    from uvloop import run
-except ImportError:
-    run = asyncio.run
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True, help="0 picks a free port")
     parser.add_argument("--llm-url", help="OpenAI-compatible base URL ending in /v1")
     parser.add_argument("--offline-tokens", type=int, default=40)
+    parser.add_argument("--uvloop", action="store_true", help="serve on uvloop")
     config = parser.parse_args()
     config.completions_url = f"{(config.llm_url or '').rstrip('/')}/chat/completions"
     raise_fd_limit()
     with contextlib.suppress(KeyboardInterrupt):
+        run = asyncio.run
+        if config.uvloop:
+            import uvloop  # the same loop as the server under test (bench/run.py --uvloop)
+
+            run = uvloop.run
         run(serve(config))
 
 

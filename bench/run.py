@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib.util
 import os
 import platform
 import re
@@ -171,6 +170,15 @@ SERVER_CPUS: set[int] | None = {min(os.sched_getaffinity(0))} if _PIN else None
 LOAD_CPUS: set[int] | None = set(os.sched_getaffinity(0)) - SERVER_CPUS if _PIN else None
 
 
+# All three programs run on the same event loop: asyncio's (what a plain install serves
+# on) unless --uvloop.
+UVLOOP = False
+
+
+def _loop_flag() -> list[str]:
+    return ["--uvloop"] if UVLOOP else []
+
+
 def pinning() -> str:
     """How processes are placed on CPUs, for the report."""
     if SERVER_CPUS is None or LOAD_CPUS is None:
@@ -221,7 +229,7 @@ async def start_fake(mode: str, sizes: Sizes, logdir: Path, tag: str) -> tuple[C
         argv += ["--answer-tokens", str(sizes.answer_tokens)]
     else:
         argv += ["--answer-tokens", str(sizes.instant_tokens)]
-    fake = Child(f"{tag}-fake", argv, logdir, LOAD_CPUS)
+    fake = Child(f"{tag}-fake", argv + _loop_flag(), logdir, LOAD_CPUS)
     port = await fake.ready_port()
     return fake, f"http://127.0.0.1:{port}/v1"
 
@@ -235,12 +243,13 @@ async def start_server(
             argv += ["--llm-url", llm_url]
         else:
             argv += ["--offline-tokens", str(sizes.offline_tokens)]
-        child = Child(f"{tag}-server", argv, logdir, SERVER_CPUS)
+        child = Child(f"{tag}-server", argv + _loop_flag(), logdir, SERVER_CPUS)
         port = await child.ready_port()
     else:
         port = free_port()
         argv = [PYTHON, "-m", "myagent_ws", "server", "examples/ws_weather_agent.py"]
         argv += ["--host", "127.0.0.1", "--port", str(port)]
+        argv += ["--event-loop", "uvloop" if UVLOOP else "asyncio"]
         if llm_url:
             argv += ["--llm-base-url", llm_url, "--model", "fake", "--llm-api-key", "bench"]
         child = Child(f"{tag}-server", argv, logdir, SERVER_CPUS)
@@ -565,8 +574,7 @@ def machine() -> dict[str, str]:
         "python": platform.python_version(),
         "aiohttp": aiohttp.__version__,
         "commit": commit,
-        # All three programs use uvloop when it is installed, so the comparison stays fair.
-        "loop": "uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
+        "loop": "uvloop" if UVLOOP else "asyncio",
     }
 
 
@@ -666,6 +674,9 @@ def main() -> int:
         type=Path,
         help="markdown output (default: bench/RESULTS.md; with --quick, a temp file)",
     )
+    parser.add_argument(
+        "--uvloop", action="store_true", help="run all three programs on uvloop (the extra)"
+    )
     parser.add_argument("--only", help=f"comma-separated scenarios: {','.join(SCENARIOS)}")
     parser.add_argument("--sessions", type=int, help="sessions in offline/instant/realistic")
     parser.add_argument("--idle-connections", type=int)
@@ -673,6 +684,8 @@ def main() -> int:
         "--offline-tokens", type=int, help="reference's partial_answers per offline turn"
     )
     args = parser.parse_args()
+    global UVLOOP
+    UVLOOP = args.uvloop
     scenarios = args.only.split(",") if args.only else list(SCENARIOS)
     unknown = set(scenarios) - set(SCENARIOS)
     if unknown:

@@ -8,6 +8,7 @@ comment above a field is its help text.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +76,9 @@ class Settings:
     heartbeat_s: float = 30.0
     # Seconds between WebSocket pings that detect dead peers; 0 disables them.
     ws_ping_s: float = 20.0
+    # Event loop: auto (uvloop when the myagent-ws[uvloop] extra is installed), asyncio,
+    # or uvloop.
+    event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
     # Accept permessage-deflate when a client offers it (browsers do). Off: measured +55%
     # server CPU per event, and each connection then holds ~300 KB of zlib state.
     ws_compression: bool = False
@@ -82,6 +86,10 @@ class Settings:
     shutdown_timeout_s: float = 5.0
 
     def __post_init__(self) -> None:
+        if self.event_loop not in ("auto", "asyncio", "uvloop"):
+            raise ValueError(
+                f"event_loop must be auto, asyncio or uvloop, not {self.event_loop!r}."
+            )
         if self.replay_buffer_bytes < self.max_event_bytes:
             raise ValueError(
                 f"replay_buffer_bytes ({self.replay_buffer_bytes}) must be at least "

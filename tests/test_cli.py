@@ -271,6 +271,11 @@ def test_open_files_limit_is_raised_to_the_hard_limit_and_a_short_one_is_named()
     assert "open-files limit is" in note and "--max-sessions" in note
 
 
+def test_event_loop_can_be_chosen(cli_server):
+    server = cli_server(WEATHER, "--event-loop", "asyncio")
+    assert "event loop: asyncio" in server.stop()
+
+
 def test_without_uvloop_the_server_uses_asyncios_loop() -> None:
     script = (
         "import sys\n"

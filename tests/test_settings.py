@@ -30,7 +30,9 @@ def env(field: dataclasses.Field[Any]) -> str:
     return "MYAGENT_WS_" + field.name.upper()
 
 
-def base_type(field: dataclasses.Field[Any]) -> type:
+def base_type(field: dataclasses.Field[Any]) -> Any:
+    if typing.get_origin(HINTS[field.name]) is typing.Literal:
+        return typing.get_args(HINTS[field.name])  # the choices
     return next(
         t for t in typing.get_args(HINTS[field.name]) or [HINTS[field.name]] if t is not type(None)
     )
@@ -40,6 +42,9 @@ def sample(field: dataclasses.Field[Any], step: int) -> Any:
     """A valid value other than the default (step 1 for the env var, 2 for the flag). Twice
     the default and a bit keeps every cross-field rule of Settings.__post_init__ true."""
     kind, default = base_type(field), field.default
+    if isinstance(kind, tuple):  # a Literal: the choices other than the default, in turn
+        others = [choice for choice in kind if choice != default]
+        return others[(step - 1) % len(others)]
     if kind is str:
         return f"{field.name}-{step}"
     if kind is int:
