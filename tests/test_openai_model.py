@@ -3,6 +3,8 @@ every way the endpoint can fail turning into an LLMError a person can act on."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import socket
 from collections.abc import AsyncIterator
@@ -320,3 +322,20 @@ async def test_an_error_object_in_the_stream_is_an_llm_error(fake_openai):
             await create_react_agent("e", model=model).arun("hi")
     finally:
         await model.aclose()
+
+
+async def test_a_slow_consumer_is_not_an_llm_timeout(fake_openai: FakeOpenAI) -> None:
+    """The LLM timeout counts only time spent waiting for the endpoint: a consumer that
+    takes longer than it between chunks (a turn pacing a slow client) is not a timeout."""
+    fake_openai.script.append(Text("one two three", pieces=3))
+    model = OpenAIModel(base_url=fake_openai.base_url, api_key="k", timeout=0.2)
+    pieces = []
+    try:
+        async with contextlib.aclosing(model.stream([{"role": "user", "content": "hi"}], [])) as s:
+            async for item in s:
+                pieces.append(item)
+                await asyncio.sleep(0.35)
+    finally:
+        await model.aclose()
+    assert "".join(p for p in pieces if isinstance(p, str)) == "one two three"
+    assert isinstance(pieces[-1], ModelReply)
