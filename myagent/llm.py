@@ -8,7 +8,6 @@ to check, so the person running the server can fix it without reading a stack tr
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import os
 import uuid
@@ -17,11 +16,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import httpx2
 import openai
 import orjson
 
 from .errors import LLMError
+from .transport import EXTENSION, AiohttpTransport
 
 DEFAULT_MODEL = "gpt-4o-mini"
 OPENAI_URL = "https://api.openai.com/v1"
@@ -96,6 +97,7 @@ class OpenAIModel(Model):
         self.timeout = timeout
         self.max_retries = max_retries
         self._client: openai.AsyncOpenAI | None = None
+        self._transport = AiohttpTransport()
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "base_url": self.base_url}
@@ -119,15 +121,18 @@ class OpenAIModel(Model):
                 # (6% of the server's CPU when streaming). _Idle watches instead.
                 timeout=httpx2.Timeout(self.timeout, read=None),
                 max_retries=self.max_retries,
-                # aiohttp under the SDK: the server's own stack, and no pool scan per request.
-                http_client=openai.DefaultAioHttpClient(),
+                # aiohttp under the SDK: the server's own stack, no pool scan per request,
+                # and the response handed over for streaming (transport.py).
+                http_client=httpx2.AsyncClient(transport=self._transport),
             )
         return self._client
 
     def warm_up(self) -> None:
-        """Build the client now, so the first turn does not pay for it on the event loop."""
+        """Build the client and its HTTP session now (in the running loop), so the first
+        turn does not pay for them on the event loop."""
         if self.api_key is not None:
             self._get_client()
+            self._transport.open()
 
     async def stream(
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]
@@ -153,27 +158,26 @@ class OpenAIModel(Model):
             )
             events = _ServerSentEvents(response.request)
             try:
-                async with contextlib.aclosing(_body(response)) as body:
-                    async for data in body:
-                        idle.last = idle.loop.time()
-                        for chunk in events.feed(data):
-                            for choice in chunk.get("choices") or ():
-                                if choice.get("index", 0):
-                                    continue
-                                finish = choice.get("finish_reason") or finish
-                                delta = choice.get("delta")
-                                if not delta:
-                                    continue
-                                for part in delta.get("tool_calls") or ():
-                                    _merge_tool_call(calls, part)
-                                content = delta.get("content")
-                                if content:
-                                    text.append(content)
-                                    idle.reading = False  # the consumer's time is not ours
-                                    yield content
-                                    idle.reading = True
-                        if events.done:
-                            break
+                async for data in response.extensions[EXTENSION].content.iter_any():
+                    idle.last = idle.loop.time()
+                    for chunk in events.feed(data):
+                        for choice in chunk.get("choices") or ():
+                            if choice.get("index", 0):
+                                continue
+                            finish = choice.get("finish_reason") or finish
+                            delta = choice.get("delta")
+                            if not delta:
+                                continue
+                            for part in delta.get("tool_calls") or ():
+                                _merge_tool_call(calls, part)
+                            content = delta.get("content")
+                            if content:
+                                text.append(content)
+                                idle.reading = False  # the consumer's time is not ours
+                                yield content
+                                idle.reading = True
+                    if events.done:
+                        break
             finally:
                 await response.aclose()
         except asyncio.CancelledError:
@@ -185,7 +189,7 @@ class OpenAIModel(Model):
             raise self._error(exc) from None
         except httpx2.TimeoutException:
             raise LLMError(self._timeout_message()) from None
-        except httpx2.TransportError as exc:
+        except (httpx2.TransportError, aiohttp.ClientError) as exc:
             raise LLMError(
                 f"The connection to the LLM endpoint at {self.endpoint} broke in the middle of "
                 f"a reply: {_connection_reason(exc)}. Check OPENAI_BASE_URL / --llm-base-url."
@@ -230,8 +234,7 @@ class OpenAIModel(Model):
     def _error(self, exc: openai.OpenAIError) -> LLMError:
         """A sentence a person can act on for each way the endpoint can fail."""
         where = self.endpoint
-        if isinstance(exc, openai.APITimeoutError) and not _refused(exc):
-            # (the SDK's aiohttp transport reports a refused connection as a timeout)
+        if isinstance(exc, openai.APITimeoutError):
             return LLMError(self._timeout_message())
         if isinstance(exc, openai.APIConnectionError):
             return LLMError(
@@ -333,14 +336,6 @@ class _Idle:
 
     def close(self) -> None:
         self.handle.cancel()
-
-
-def _body(response: httpx2.Response) -> AsyncIterator[bytes]:
-    """The response's bytes as they arrive: raw (two generator layers fewer per chunk)
-    unless the server compressed them."""
-    if response.headers.get("content-encoding", "identity") == "identity":
-        return response.aiter_raw()
-    return response.aiter_bytes()
 
 
 class _ServerSentEvents:
