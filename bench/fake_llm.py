@@ -16,16 +16,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import itertools
 import math
-import signal
-import sys
 import time
 from typing import Any
 
 import orjson
 from aiohttp import web
+from serving import run, serve_until_signal
 
 ARGUMENT_PARTS = ('{"city": ', '"Beijing"}')
 YIELD_EVERY = 50  # instant mode: let other streams run this often
@@ -167,21 +165,7 @@ async def serve(options: argparse.Namespace) -> None:
     app[CLOCK] = Clock()
     app.router.add_post("/v1/chat/completions", completions)
     app.router.add_get("/v1/models", models)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-    await runner.setup()
-    site = web.TCPSite(runner, options.host, options.port, backlog=4096)
-    await site.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    port = runner.addresses[0][1]
-    sys.stdout.write(f"READY {port}\n")
-    sys.stdout.flush()
-    try:
-        await stop.wait()
-    finally:
-        await runner.cleanup()
+    await serve_until_signal(app, options.host, options.port, shutdown_timeout=1.0)
 
 
 def main() -> None:
@@ -196,13 +180,7 @@ def main() -> None:
     options = parser.parse_args()
     if options.tokens_per_s <= 0 or options.answer_tokens < 0 or options.ttft_ms < 0:
         parser.error("--tokens-per-s must be > 0; --answer-tokens and --ttft-ms >= 0")
-    with contextlib.suppress(KeyboardInterrupt):
-        run = asyncio.run
-        if options.uvloop:
-            import uvloop  # the same loop as the server under test (bench/run.py --uvloop)
-
-            run = uvloop.run
-        run(serve(options))
+    run(serve(options), options.uvloop)
 
 
 if __name__ == "__main__":

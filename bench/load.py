@@ -16,7 +16,6 @@ import contextlib
 import inspect
 import math
 import re
-import resource
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+from serving import raise_open_files
 
 QUESTION = "北京今天天气怎么样？"
 TERMINAL = frozenset({"agent.final_answer", "agent.error", "agent.timeout", "agent.interrupted"})
@@ -47,18 +47,6 @@ WS_OPTIONS: dict[str, Any] = (
 # browsers offer 15). `--compress 15` measures what compression costs the server.
 COMPRESS = 0
 CLOSED_TYPES = (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED)
-
-
-def raise_nofile_limit() -> int:
-    """10,000 sockets need more descriptors than the usual soft limit of 1,024."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = hard if hard != resource.RLIM_INFINITY else 1 << 20
-    if soft == resource.RLIM_INFINITY or soft >= target:
-        return soft
-    with contextlib.suppress(ValueError, OSError):
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        return target
-    return soft
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -327,7 +315,7 @@ async def run_turns(
     (connections still open), then close. The callbacks let a caller sample the server's
     CPU and memory around the turn phase alone.
     """
-    raise_nofile_limit()
+    raise_open_files()
     stats = Stats()
     async with _session() as http:
         t0 = time.perf_counter()
@@ -405,7 +393,7 @@ async def hold_idle(
     Held = connected, session created, and still open after `settle_s`: a server that
     accepts and then drops connections does not count them.
     """
-    raise_nofile_limit()
+    raise_open_files()
     stats = Stats()
     async with _session() as http:
         t0 = time.perf_counter()

@@ -17,10 +17,7 @@ import argparse
 import asyncio
 import contextlib
 import itertools
-import resource
 import secrets
-import signal
-import sys
 import time
 import weakref
 from collections.abc import AsyncIterator
@@ -30,6 +27,7 @@ from typing import Any
 import aiohttp
 import orjson
 from aiohttp import web
+from serving import raise_open_files, run, serve_until_signal
 
 AGENT = "weather-assistant"
 MAX_STEPS = 5  # as the example agent: bounds the LLM calls of one turn
@@ -366,13 +364,6 @@ async def close_sockets(app: web.Application) -> None:
         await ws.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"server shutdown")
 
 
-def raise_fd_limit() -> None:
-    """Thousands of sockets (client side and LLM side) need more than the usual 1024 fds."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
 async def serve(config: argparse.Namespace) -> None:
     app = web.Application()
     app[CONFIG] = config
@@ -380,20 +371,7 @@ async def serve(config: argparse.Namespace) -> None:
     app.router.add_get("/", websocket)
     app.cleanup_ctx.append(http_client)
     app.on_shutdown.append(close_sockets)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
-    await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port, backlog=4096)
-    await site.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    sys.stdout.write(f"READY {runner.addresses[0][1]}\n")
-    sys.stdout.flush()
-    try:
-        await stop.wait()
-    finally:
-        await runner.cleanup()
+    await serve_until_signal(app, config.host, config.port, shutdown_timeout=2.0)
 
 
 def main() -> None:
@@ -405,14 +383,8 @@ def main() -> None:
     parser.add_argument("--uvloop", action="store_true", help="serve on uvloop")
     config = parser.parse_args()
     config.completions_url = f"{(config.llm_url or '').rstrip('/')}/chat/completions"
-    raise_fd_limit()
-    with contextlib.suppress(KeyboardInterrupt):
-        run = asyncio.run
-        if config.uvloop:
-            import uvloop  # the same loop as the server under test (bench/run.py --uvloop)
-
-            run = uvloop.run
-        run(serve(config))
+    raise_open_files()
+    run(serve(config), config.uvloop)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,8 @@ from typing import IO, Any
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import load  # bench/ is not a package: found through sys.path
+import load
+import serving  # bench/ is not a package: found through sys.path
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
@@ -705,7 +706,7 @@ def main() -> int:
             else ROOT / "bench" / "RESULTS.md"
         )
     command = "python bench/run.py " + " ".join(sys.argv[1:])
-    load.raise_nofile_limit()  # the servers inherit it: 10,000 sockets each side
+    serving.raise_open_files()  # the servers inherit it: 10,000 sockets each side
     if LOAD_CPUS is not None:
         os.sched_setaffinity(0, LOAD_CPUS)
     signal.signal(signal.SIGTERM, _terminate)

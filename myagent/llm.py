@@ -140,9 +140,7 @@ class OpenAIModel(Model):
         request: dict[str, Any] = {"model": self.model_id, "messages": messages, "stream": True}
         if tools:
             request["tools"] = tools
-        text: list[str] = []
-        calls: dict[int, dict[str, str]] = {}
-        finish: str | None = None
+        reply = _Reply()
         idle = _Idle(self.timeout)
         try:
             client = self._get_client()
@@ -161,21 +159,11 @@ class OpenAIModel(Model):
                 async for data in response.extensions[EXTENSION].content.iter_any():
                     idle.last = idle.loop.time()
                     for chunk in events.feed(data):
-                        for choice in chunk.get("choices") or ():
-                            if choice.get("index", 0):
-                                continue
-                            finish = choice.get("finish_reason") or finish
-                            delta = choice.get("delta")
-                            if not delta:
-                                continue
-                            for part in delta.get("tool_calls") or ():
-                                _merge_tool_call(calls, part)
-                            content = delta.get("content")
-                            if content:
-                                text.append(content)
-                                idle.reading = False  # the consumer's time is not ours
-                                yield content
-                                idle.reading = True
+                        content = reply.add(chunk)
+                        if content:
+                            idle.reading = False  # the consumer's time is not ours
+                            yield content
+                            idle.reading = True
                     if events.done:
                         break
             finally:
@@ -203,19 +191,19 @@ class OpenAIModel(Model):
         finally:
             idle.close()
 
-        if finish is None:
+        if reply.finish is None:
             raise LLMError(
                 f"The LLM endpoint at {self.endpoint} closed the stream before finishing the "
                 "reply (no finish_reason). llama.cpp does this when the prompt overflows its "
                 "context: raise its --ctx-size or shorten the conversation."
             )
-        if finish == "length" and calls:
+        if reply.finish == "length" and reply.calls:
             raise LLMError(
                 f"The LLM endpoint at {self.endpoint} cut the reply at the model's token limit "
                 "in the middle of a tool call (finish_reason: length). Raise the server's "
                 "max tokens or context size, or shorten the conversation."
             )
-        yield ModelReply(text="".join(text), tool_calls=self._tool_calls(calls))
+        yield ModelReply(text="".join(reply.text), tool_calls=self._tool_calls(reply.calls))
 
     def _tool_calls(self, calls: dict[int, dict[str, str]]) -> list[ToolCallRequest]:
         result = []
@@ -293,17 +281,47 @@ class OpenAIModel(Model):
             await client.close()
 
 
-def _merge_tool_call(calls: dict[int, dict[str, str]], part: dict[str, Any]) -> None:
-    """Fold one streamed tool-call delta into the call with the same index."""
-    call = calls.setdefault(part.get("index") or 0, {"id": "", "name": "", "arguments": ""})
-    if part.get("id") and not call["id"]:
-        call["id"] = part["id"]
-    function = part.get("function")
-    if function:
-        if function.get("name") and not call["name"]:
-            call["name"] = function["name"]
-        if function.get("arguments"):
-            call["arguments"] += function["arguments"]
+class _Reply:
+    """What the chunks of one streamed reply add up to: its text, its tool calls by index
+    (ids and names in the first delta of each, arguments spread over several), and its
+    finish reason. Only choice 0 counts."""
+
+    __slots__ = ("calls", "finish", "text")
+
+    def __init__(self) -> None:
+        self.text: list[str] = []
+        self.calls: dict[int, dict[str, str]] = {}
+        self.finish: str | None = None
+
+    def add(self, chunk: dict[str, Any]) -> str | None:
+        """Fold in one chunk; its text delta, if it has one."""
+        content = None
+        for choice in chunk.get("choices") or ():
+            if choice.get("index", 0):
+                continue
+            self.finish = choice.get("finish_reason") or self.finish
+            delta = choice.get("delta")
+            if not delta:
+                continue
+            for part in delta.get("tool_calls") or ():
+                self._merge_call(part)
+            content = delta.get("content")
+            if content:
+                self.text.append(content)
+        return content or None
+
+    def _merge_call(self, part: dict[str, Any]) -> None:
+        call = self.calls.setdefault(
+            part.get("index") or 0, {"id": "", "name": "", "arguments": ""}
+        )
+        if part.get("id") and not call["id"]:
+            call["id"] = part["id"]
+        function = part.get("function")
+        if function:
+            if function.get("name") and not call["name"]:
+                call["name"] = function["name"]
+            if function.get("arguments"):
+                call["arguments"] += function["arguments"]
 
 
 class _Idle:

@@ -95,10 +95,10 @@ class Outbound:
         self._queue: deque[bytes] | None = None  # made when first needed
         self._cursors: dict[Session, _Cursor] = {}
         self._transport = transport
-        # Frames may go straight out: no writer is running and nothing is owed. Only
-        # without permessage-deflate (the frame is written as it is) and with a transport.
+        # Frames may go straight out whenever no writer runs (then nothing is owed): only
+        # without permessage-deflate (the frame is written as it is), with a transport,
+        # and until the connection closes.
         self._direct = transport is not None and not ws.compress
-        self._idle = self._direct
         self._writer: asyncio.Task[None] | None = None
         self._progress: asyncio.Event | None = None  # made when a turn waits for this client
         self._closing = False  # write what is owed, then stop
@@ -121,7 +121,12 @@ class Outbound:
         if self._dropped:
             return False
         cursor = self._cursors[session]
-        if self._idle and cursor.sent + 1 == session.seq and self._write_now(frame):
+        if (
+            self._writer is None
+            and self._direct
+            and cursor.sent + 1 == session.seq
+            and self._write_now(frame)
+        ):
             cursor.sent += 1
             return False
         size = len(frame)
@@ -169,7 +174,7 @@ class Outbound:
 
     def send(self, frame: bytes) -> None:
         """Send a connection-level frame (system.*), now or after what is owed."""
-        if self._dropped or (self._idle and self._write_now(frame)):
+        if self._dropped or (self._writer is None and self._direct and self._write_now(frame)):
             return
         if self._queue is None:
             self._queue = deque()
@@ -203,7 +208,6 @@ class Outbound:
 
     def _kick(self) -> None:
         """Make sure a writer runs; until it ends, frames queue behind what it owes."""
-        self._idle = False
         if self._writer is None and not self._dropped:
             self._writer = asyncio.create_task(self._write())
 
@@ -247,14 +251,13 @@ class Outbound:
             return  # the peer is gone; the reader loop sees the close
         finally:
             self._writer = None
-        self._idle = self._direct and not self._closing and not self._dropped
 
     def _drop(self, why: str) -> None:
         """Close a client that cannot keep up; its sessions stay resumable."""
         if self._dropped:
             return
         self._dropped = True
-        self._idle = False
+        self._direct = False
         log.warning("connection %s: closing with %d: %s", self.id, CLOSE_SLOW_CONSUMER, why)
         self._metrics.slow_client_closed()
         self._queue = None
@@ -280,7 +283,7 @@ class Outbound:
     async def close(self, code: int = WSCloseCode.OK, timeout_s: float = 5.0) -> None:
         """Write what is owed (bounded by timeout_s), then close the socket."""
         self._closing = True
-        self._idle = False
+        self._direct = False
         if self._progress is not None:
             self._progress.set()  # turns waiting for this client stop waiting
         writer = self._writer

@@ -88,6 +88,15 @@ async def connect() -> Any:
         yield open_client
 
 
+def python_output(script: str) -> str:
+    """The stdout of `script` run by this Python in a fresh process (for what changes
+    process-wide state: limits, the garbage collector, the event loop)."""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    return done.stdout
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

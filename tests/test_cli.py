@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import websockets
 
-from tests.conftest import GREETER, ROOT, WEATHER, reference
+from tests.conftest import GREETER, ROOT, WEATHER, python_output, reference
 
 SEED = reference("seed-ws-server-README.md")
 CLI = str(Path(sys.executable).parent / "myagent-ws")
@@ -263,10 +263,7 @@ def test_open_files_limit_is_raised_to_the_hard_limit_and_a_short_one_is_named()
         "print(resource.getrlimit(resource.RLIMIT_NOFILE)[0] == hard)\n"
         "print(raise_open_files_limit(hard + 1))\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30, check=True
-    )
-    none, raised, note = result.stdout.splitlines()
+    none, raised, note = python_output(script).splitlines()
     assert (none, raised) == ("None", "True")
     assert "open-files limit is" in note and "--max-sessions" in note
 
@@ -283,7 +280,4 @@ def test_without_uvloop_the_server_uses_asyncios_loop() -> None:
         "from myagent_ws.cli import fast_event_loop\n"
         "print(fast_event_loop())\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30, check=True
-    )
-    assert result.stdout.strip() == "None"
+    assert python_output(script).strip() == "None"

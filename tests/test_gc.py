@@ -5,10 +5,9 @@ tests hold that fact for offline and OpenAI-compatible turns, and check tune_gc(
 from __future__ import annotations
 
 import gc
-import subprocess
-import sys
 
 from myagent import OpenAIModel
+from tests.conftest import python_output
 from tests.fake_openai import tool_calls
 
 
@@ -57,7 +56,4 @@ def test_tune_gc_freezes_start_up_objects_and_raises_the_young_threshold() -> No
         "tune_gc()\n"
         "print(gc.get_freeze_count() > 10_000, gc.get_threshold()[0] == GC_YOUNG_THRESHOLD)\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
-    )
-    assert result.stdout.split() == ["True", "True"]
+    assert python_output(script).split() == ["True", "True"]
