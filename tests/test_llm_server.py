@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from myagent_ws.app import model_for
 from myagent_ws.settings import Settings
 from tests.client import TERMINAL, names
-from tests.fake_openai import Status, Truncated, tool_calls
+from tests.fake_openai import Hang, Status, Truncated, tool_calls
 
 
 def openai_model(fake) -> object:
@@ -105,3 +106,35 @@ def test_cli_uses_the_configured_endpoint(cli_server, fake_openai):
     output = server.stop()
     assert "fake-2" in output and fake_openai.base_url in output
     assert "offline" not in output
+
+
+async def test_an_llm_that_stops_mid_stream_ends_the_turn_once_and_cancel_still_interrupts(
+    serve, connect, fake_openai
+):
+    """The LLM timeout cancels the stream itself (one timer per request): the turn ends
+    with exactly one agent.error llm_error, nothing follows it, and the session goes on. A
+    user.cancel during a stream is still agent.interrupted, not a timeout."""
+    fake_openai.script += [Hang(text_first="Part"), "Recovered.", Hang(text_first="Again")]
+    model = model_for(
+        Settings(
+            llm_base_url=fake_openai.base_url,
+            llm_api_key="sk-test",
+            model="fake-1",
+            llm_timeout_s=0.3,
+        )
+    )
+    client = await connect(await serve(model=model))
+    sid = await client.create_session()
+    events = await client.turn(sid, "hello")
+    assert [e["event"] for e in events if e["event"] in TERMINAL] == ["agent.error"]
+    assert events[-1]["metadata"]["code"] == "llm_error"
+    assert "did not answer within 0.3 s" in events[-1]["content"]
+    assert (await client.turn(sid, "again"))[-1]["content"] == "Recovered."
+    await client.send({"event": "user.message", "session_id": sid, "content": "and again"})
+    await client.expect("agent.partial_answer")
+    await client.send({"event": "user.cancel", "session_id": sid})
+    ended = await client.expect("agent.interrupted")
+    await asyncio.sleep(0.5)  # past the LLM timeout: no second terminal event comes
+    await client.send({"event": "user.list_agents"})
+    assert (await client.recv())["event"] == "system.agents"
+    assert ended["seq"] == client.last_seq[sid]
