@@ -6,7 +6,15 @@ from myagent.tool.base_tool import BaseTool, ToolResult
 
 from .agent import ReactAgent, create_react_agent
 from .errors import AgentError, LLMError, MaxStepsError
-from .events import FinalAnswer, StepEvent, TextDelta, Thinking, ToolCall, ToolFinished
+from .events import (
+    ConfirmRequest,
+    FinalAnswer,
+    StepEvent,
+    TextDelta,
+    Thinking,
+    ToolCall,
+    ToolFinished,
+)
 from .llm import Model, ModelReply, OpenAIModel, ToolCallRequest, model_from_env
 from .offline import FunctionModel, OfflineModel
 from .tool.base_tool import BaseTool, ToolResult
@@ -14,6 +22,7 @@ from .tool.base_tool import BaseTool, ToolResult
 __all__ = [
     "AgentError",
     "BaseTool",
+    "ConfirmRequest",
     "FinalAnswer",
     "FunctionModel",
     "LLMError",

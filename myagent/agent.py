@@ -9,16 +9,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import difflib
 import inspect
 import json
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 from .errors import LLMError, MaxStepsError
-from .events import FinalAnswer, StepEvent, TextDelta, Thinking, ToolCall, ToolFinished
+from .events import (
+    ConfirmRequest,
+    FinalAnswer,
+    StepEvent,
+    TextDelta,
+    Thinking,
+    ToolCall,
+    ToolFinished,
+)
 from .llm import Model, ModelReply, ToolCallRequest, model_from_env
 from .tool.base_tool import BaseTool, ToolResult, output_text
+
+# confirm(request) -> approve it? (sync or async), for ReactAgent.arun.
+Confirm = Callable[[ConfirmRequest], bool | Awaitable[bool]]
 
 
 class ReactAgent:
@@ -34,8 +46,11 @@ class ReactAgent:
         model: Model | None = None,
         *,
         max_history_turns: int | None = None,
-        **options: Any,
+        confirm_tools: Sequence[str] = (),
+        **unknown: Any,
     ) -> None:
+        if unknown:  # a misspelt confirm_tools must not quietly let a tool run unasked
+            raise TypeError(_unknown_options(unknown))
         if not isinstance(name, str) or not name.strip():
             raise ValueError("An agent needs a name, e.g. create_react_agent(name='helper', ...).")
         if not isinstance(max_steps, int) or max_steps < 1:
@@ -56,9 +71,9 @@ class ReactAgent:
         self.max_steps = max_steps
         self.model = model
         self.max_history_turns = max_history_turns
-        self.options = options  # extra keyword arguments, kept for clones
         self.messages: list[dict[str, Any]] = []
         _check_tools(self.tools)
+        self.confirm_tools = _check_confirm_tools(confirm_tools, self.tools)
 
     def __repr__(self) -> str:
         tools = ", ".join(tool.name for tool in self.tools)
@@ -66,7 +81,8 @@ class ReactAgent:
 
     def clone(self) -> ReactAgent:
         """Same configuration and model, empty memory, its own copy of each tool: one
-        session's tool state (a list, a dict) must never reach another session."""
+        session's tool state (a list, a dict) must never reach another session. (A
+        subclass whose __init__ takes other arguments overrides this.)"""
         return type(self)(
             name=self.name,
             tools=[_clone_tool(tool) for tool in self.tools],
@@ -75,16 +91,30 @@ class ReactAgent:
             description=self.description,
             model=self.model,
             max_history_turns=self.max_history_turns,
-            **self.options,
+            confirm_tools=tuple(self.confirm_tools),
         )
 
-    async def arun(self, text: str) -> str:
-        """Run one turn and return the final answer."""
+    def needs_confirmation(self, tool: BaseTool) -> bool:
+        """Whether a call to `tool` waits for a person's approval first."""
+        return tool.name in self.confirm_tools or getattr(tool, "requires_confirmation", False)
+
+    async def arun(self, text: str, confirm: Confirm | None = None) -> str:
+        """Run one turn and return the final answer. `confirm(request)` (sync or async)
+        returns True to approve a call that needs approval; without it, such calls are
+        rejected."""
         answer = ""
         async with contextlib.aclosing(self.run(text)) as steps:
             async for step in steps:
                 if isinstance(step, FinalAnswer):
                     answer = step.text
+                elif isinstance(step, ConfirmRequest) and confirm is not None:
+                    approved = confirm(step)
+                    if inspect.isawaitable(approved):
+                        approved = await approved
+                    if approved:
+                        step.approve()
+                    else:
+                        step.reject()
         return answer
 
     async def run(self, text: str) -> AsyncIterator[StepEvent]:
@@ -128,14 +158,25 @@ class ReactAgent:
                 for call in reply.tool_calls:
                     args, problem = _parse_arguments(call)
                     yield ToolCall(step, call.id, call.name, args)
-                    started = time.perf_counter()
-                    output, ok = await self._execute(tools, call, args, problem)
-                    duration_ms = (time.perf_counter() - started) * 1000
+                    tool, output = _checked(tools, call, args, problem)
+                    status, reason, duration_ms = "error", None, 0.0
+                    if tool is not None and self.needs_confirmation(tool):
+                        request = ConfirmRequest(step, call.id, call.name, args)
+                        yield request  # the consumer answers it before asking for more
+                        if not request.approved:
+                            tool, output = None, _declined(request)
+                            status, reason = "rejected", request.reason
+                    if tool is not None:
+                        started = time.perf_counter()
+                        output, ok = await _execute(tool, args)
+                        duration_ms = (time.perf_counter() - started) * 1000
+                        status = "success" if ok else "error"
                     self.messages.append(
                         {"role": "tool", "tool_call_id": call.id, "content": output}
                     )
-                    status = "success" if ok else "error"
-                    yield ToolFinished(step, call.id, call.name, output, status, duration_ms)
+                    yield ToolFinished(
+                        step, call.id, call.name, output, status, duration_ms, reason
+                    )
         finally:
             if not done:
                 self.messages[:] = before
@@ -159,38 +200,57 @@ class ReactAgent:
         system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
         return system + self.messages
 
-    async def _execute(
-        self,
-        tools: dict[str, BaseTool],
-        call: ToolCallRequest,
-        args: dict[str, Any] | str,
-        problem: str | None,
-    ) -> tuple[str, bool]:
-        """Run one tool call; every failure becomes (a sentence for the model, False)."""
-        tool = tools.get(call.name)
-        if tool is None:
-            known = ", ".join(tools) or "none"
-            return f"Unknown tool {call.name!r}. Available tools: {known}.", False
-        if problem is not None or not isinstance(args, dict):
-            return f"Invalid arguments for {call.name}: {problem}", False
-        invalid = tool.validate_arguments(args)
-        if invalid is not None:
-            return invalid, False
-        try:
-            result = tool.execute(**args)
-            if inspect.isawaitable(result):
-                result = await result
-        except Exception as exc:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                # The tool turned our cancellation into another error: cancel anyway.
-                raise asyncio.CancelledError from exc
-            return f"The tool {call.name} failed: {type(exc).__name__}: {exc}", False
-        if isinstance(result, ToolResult):
-            if result.error is not None:
-                return str(result.error) or f"The tool {call.name} failed.", False
-            return output_text(result.output), True
-        return output_text(result), True
+
+def _checked(
+    tools: dict[str, BaseTool],
+    call: ToolCallRequest,
+    args: dict[str, Any] | str,
+    problem: str | None,
+) -> tuple[BaseTool | None, str]:
+    """(the tool, "") when the call can run, else (None, a sentence for the model)."""
+    tool = tools.get(call.name)
+    if tool is None:
+        known = ", ".join(tools) or "none"
+        return None, f"Unknown tool {call.name!r}. Available tools: {known}."
+    if problem is not None or not isinstance(args, dict):
+        return None, f"Invalid arguments for {call.name}: {problem}"
+    invalid = tool.validate_arguments(args)
+    if invalid is not None:
+        return None, invalid
+    return tool, ""
+
+
+async def _execute(tool: BaseTool, args: dict[str, Any]) -> tuple[str, bool]:
+    """Run one checked tool call; every failure becomes (a sentence for the model, False)."""
+    try:
+        result = tool.execute(**args)
+        if inspect.isawaitable(result):
+            result = await result
+    except Exception as exc:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            # The tool turned our cancellation into another error: cancel anyway.
+            raise asyncio.CancelledError from exc
+        return f"The tool {tool.name} failed: {type(exc).__name__}: {exc}", False
+    if isinstance(result, ToolResult):
+        if result.error is not None:
+            return str(result.error) or f"The tool {tool.name} failed.", False
+        return output_text(result.output), True
+    return output_text(result), True
+
+
+def _declined(request: ConfirmRequest) -> str:
+    """What the model reads instead of a result when a call was not approved."""
+    if request.reason == "timeout":
+        text = f"No one approved this call to {request.tool} in time, so it did not run."
+    elif request.reason == "declined":
+        text = f"The user declined this call to {request.tool}, so it did not run."
+    else:
+        text = (
+            f"This call to {request.tool} needs a person's approval; no one was asked, "
+            "so it did not run."
+        )
+    return text + (f" Their feedback: {request.feedback}" if request.feedback else "")
 
 
 def _clone_tool(tool: BaseTool) -> BaseTool:
@@ -213,6 +273,32 @@ def _check_tools(tools: list[BaseTool]) -> None:
         if name in seen:
             raise ValueError(f"Two tools are named {name!r}; tool names must be unique.")
         seen.add(name)
+
+
+def _check_confirm_tools(names: Sequence[str], tools: list[BaseTool]) -> frozenset[str]:
+    """confirm_tools as a set; a name that is no tool of the agent is an error, since a
+    typo would let the tool it meant run without asking."""
+    if isinstance(names, str):
+        raise TypeError(f"confirm_tools must be a list of tool names, e.g. [{names!r}].")
+    known = {tool.name for tool in tools}
+    for name in names:
+        if name not in known:
+            hint = difflib.get_close_matches(str(name), known, n=1)
+            raise ValueError(
+                f"confirm_tools names {name!r}, which is not one of this agent's tools "
+                f"({', '.join(sorted(known)) or 'none'})"
+                + (f"; did you mean {hint[0]!r}?" if hint else ".")
+            )
+    return frozenset(names)
+
+
+def _unknown_options(unknown: dict[str, Any]) -> str:
+    """Name each unknown keyword, with the closest real option."""
+    parts = []
+    for key in unknown:
+        hint = difflib.get_close_matches(key, AGENT_OPTIONS, n=1)
+        parts.append(f"{key!r}" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+    return f"Unknown agent option {', '.join(parts)}. The options are: {', '.join(AGENT_OPTIONS)}."
 
 
 def _parse_arguments(call: ToolCallRequest) -> tuple[dict[str, Any] | str, str | None]:
@@ -256,6 +342,10 @@ async def _closing(stream: Any) -> AsyncIterator[Any]:
             await close()
 
 
+# Every keyword ReactAgent takes; anything else is refused at load time.
+AGENT_OPTIONS = tuple(list(inspect.signature(ReactAgent).parameters)[:-1])
+
+
 def create_react_agent(
     name: str,
     tools: Sequence[BaseTool] = (),
@@ -263,9 +353,11 @@ def create_react_agent(
     max_steps: int = 10,
     **kwargs: Any,
 ) -> ReactAgent:
-    """Build a ReAct agent; other keywords (description, model, ...) go to ReactAgent.
-    With no `model`, one is taken from the environment at first run (OPENAI_API_KEY /
-    OPENAI_BASE_URL / MYAGENT_MODEL, else the offline model)."""
+    """Build a ReAct agent; other keywords (description, model, max_history_turns,
+    confirm_tools) go to ReactAgent, and an unknown one raises TypeError. With no `model`,
+    one is taken from the environment at first run (OPENAI_API_KEY / OPENAI_BASE_URL /
+    MYAGENT_MODEL, else the offline model). `confirm_tools` names tools whose every call
+    waits for a person's approval, like a tool with `requires_confirmation = True`."""
     return ReactAgent(name, tools, system_prompt, max_steps, **kwargs)
 
 

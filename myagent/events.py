@@ -34,15 +34,42 @@ class ToolCall:
 
 
 @dataclass(slots=True)
+class ConfirmRequest:
+    """A tool call waits for a person's approval (the tool `requires_confirmation`, or the
+    agent lists it in `confirm_tools`). It comes right after its ToolCall. Whoever reads
+    the steps answers with `approve()` or `reject()` before asking for the next step; a
+    request still unanswered then counts as rejected, so a consumer that knows nothing of
+    approvals can never make such a tool run."""
+
+    step: int
+    call_id: str
+    tool: str
+    args: dict[str, Any]
+    approved: bool = False
+    # Why it was not approved: "declined" (a person said no), "timeout" (no one answered
+    # in time) or "unanswered" (no one was asked).
+    reason: str | None = "unanswered"
+    feedback: str | None = None
+
+    def approve(self, feedback: str | None = None) -> None:
+        self.approved, self.reason, self.feedback = True, None, feedback
+
+    def reject(self, feedback: str | None = None, reason: str = "declined") -> None:
+        self.approved, self.reason, self.feedback = False, reason, feedback
+
+
+@dataclass(slots=True)
 class ToolFinished:
-    """A tool call ended; on "error", `output` is a sentence saying what went wrong."""
+    """A tool call ended; on "error", `output` is a sentence saying what went wrong; on
+    "rejected" the tool did not run (`reason` as in ConfirmRequest)."""
 
     step: int
     call_id: str
     tool: str
     output: str
-    status: Literal["success", "error"]
+    status: Literal["success", "error", "rejected"]
     duration_ms: float
+    reason: str | None = None
 
 
 @dataclass(slots=True)
@@ -52,6 +79,14 @@ class FinalAnswer:
     text: str
 
 
-StepEvent = Thinking | TextDelta | ToolCall | ToolFinished | FinalAnswer
+StepEvent = Thinking | TextDelta | ToolCall | ConfirmRequest | ToolFinished | FinalAnswer
 
-__all__ = ["FinalAnswer", "StepEvent", "TextDelta", "Thinking", "ToolCall", "ToolFinished"]
+__all__ = [
+    "ConfirmRequest",
+    "FinalAnswer",
+    "StepEvent",
+    "TextDelta",
+    "Thinking",
+    "ToolCall",
+    "ToolFinished",
+]

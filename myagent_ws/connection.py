@@ -146,7 +146,14 @@ class Connection(Outbound):
 
     async def _on_message(self, message: dict[str, Any]) -> None:
         session = self.sessions.get(message["session_id"], self)
-        self.sessions.start_turn(session, message["content"])
+        ahead = self.sessions.start_turn(session, message["content"])
+        if ahead:  # on_busy=queue: say so, since its events come only later
+            after = "." if ahead == 1 else f" and the {ahead - 1} queued before it."
+            self._notice(
+                f"Queued: this message runs after the running turn{after}",
+                session.id,
+                queued=ahead,
+            )
 
     async def _on_cancel(self, message: dict[str, Any]) -> None:
         session = self.sessions.get(message["session_id"], self)
@@ -182,13 +189,16 @@ class Connection(Outbound):
 
     async def _on_response(self, message: dict[str, Any]) -> None:
         session = self.sessions.get(message["session_id"], self)
-        self._notice(
-            f"Nothing in this session is waiting for confirmation of step {message['step_id']!r}.",
-            session.id,
-        )
+        content = message["content"]
+        approved = content.get("approved", content.get("confirmed"))  # the schema wants one
+        self.sessions.respond(session, message["step_id"], approved, content.get("feedback"))
 
-    def _notice(self, text: str, session_id: str | None = None) -> None:
-        self.send_event(make_event("system.notice", session_id=session_id, content=text))
+    def _notice(self, text: str, session_id: str | None = None, **metadata: Any) -> None:
+        self.send_event(
+            make_event(
+                "system.notice", session_id=session_id, content=text, metadata=metadata or None
+            )
+        )
 
 
 # One handler per client event, shared by every connection.

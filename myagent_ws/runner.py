@@ -10,19 +10,33 @@ for the agent to notice: the terminal event goes out at once, the task is cancel
 whatever the agent yields afterwards is dropped. So a tool that ignores cancellation can
 delay nothing but the next turn of its own session, which waits for it to let go of the
 agent's memory (bounded by that turn's own deadline).
+
+A tool call that needs approval (the agent yields a ConfirmRequest) makes the turn send
+agent.user_confirm and wait, holding the question in `Turn.pending` so a reconnecting
+client can be asked again; the first matching answer wins and takes it away, so no call
+runs twice whatever arrives.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from myagent.errors import AgentError
-from myagent.events import FinalAnswer, TextDelta, Thinking, ToolCall, ToolFinished
+from myagent.events import (
+    ConfirmRequest,
+    FinalAnswer,
+    TextDelta,
+    Thinking,
+    ToolCall,
+    ToolFinished,
+)
 
 from .protocol import make_event
 
@@ -68,16 +82,16 @@ def step_event(step: Any) -> dict[str, Any]:
                 },
             )
         case ToolFinished():
+            metadata = {
+                "tool": step.tool,
+                "status": step.status,
+                "duration_ms": round(step.duration_ms, 3),
+                "call_id": step.call_id,
+            }
+            if step.reason is not None:
+                metadata["reason"] = step.reason
             return make_event(
-                "agent.tool_result",
-                step_id=step.call_id,
-                content=step.output,
-                metadata={
-                    "tool": step.tool,
-                    "status": step.status,
-                    "duration_ms": round(step.duration_ms, 3),
-                    "call_id": step.call_id,
-                },
+                "agent.tool_result", step_id=step.call_id, content=step.output, metadata=metadata
             )
     raise TypeError(f"unknown agent step event {step!r}")
 
@@ -86,24 +100,87 @@ def error_event(code: str, message: str) -> dict[str, Any]:
     return make_event("agent.error", content=message, metadata={"code": code})
 
 
-def interrupted_event() -> dict[str, Any]:
-    return make_event("agent.interrupted", content="The turn was cancelled.")
+def interrupted_event(content: str = "The turn was cancelled.", **metadata: Any) -> dict[str, Any]:
+    metadata = {key: value for key, value in metadata.items() if value is not None}
+    return make_event("agent.interrupted", content=content, metadata=metadata or None)
+
+
+# How much of a call's arguments the question shows (all of them are in metadata.args).
+QUESTION_ARGS_CHARS = 300
+
+
+class PendingConfirm:
+    """A tool call waiting for user.response: the question (sent again after a
+    reconnect) and the future its one answer goes to."""
+
+    __slots__ = ("answer", "content", "metadata", "step_id")
+
+    def __init__(self, request: ConfirmRequest, timeout_s: float, answer: asyncio.Future) -> None:
+        self.step_id = request.call_id
+        self.answer: asyncio.Future[tuple[bool, str | None]] = answer
+        if isinstance(request.args, dict):
+            shown = ", ".join(
+                f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in request.args.items()
+            )
+        else:
+            shown = str(request.args)
+        if len(shown) > QUESTION_ARGS_CHARS:
+            shown = shown[:QUESTION_ARGS_CHARS] + "…"
+        self.content = f"The agent wants to run {request.tool}({shown}). Approve?"
+        expires = datetime.fromtimestamp(time.time() + timeout_s, UTC)
+        self.metadata = {
+            "tool": request.tool,
+            "args": request.args,
+            "call_id": request.call_id,
+            "expires_at": expires.isoformat(timespec="milliseconds"),
+        }
+
+    def event(self) -> dict[str, Any]:
+        """A fresh agent.user_confirm (each send gets its own seq)."""
+        return make_event(
+            "agent.user_confirm",
+            step_id=self.step_id,
+            content=self.content,
+            metadata=dict(self.metadata),
+        )
 
 
 class Turn:
     """One accepted user.message: its task, its deadline and its one terminal event."""
 
-    __slots__ = ("_emit", "_metrics", "_pending_first", "_started", "_timer", "open", "task")
+    __slots__ = (
+        "_confirm_timeout_s",
+        "_emit",
+        "_metrics",
+        "_on_end",
+        "_pending_first",
+        "_started",
+        "_timeout_s",
+        "_timer",
+        "open",
+        "pending",
+        "task",
+    )
 
-    def __init__(self, emit: Emit, metrics: Metrics, timeout_s: float) -> None:
+    def __init__(
+        self,
+        emit: Emit,
+        metrics: Metrics,
+        timeout_s: float,
+        confirm_timeout_s: float = 300.0,
+        on_end: Callable[[], None] | None = None,
+    ) -> None:
         self._emit = emit
         self._metrics = metrics
         self._started = time.perf_counter()
         self._pending_first = True
+        self._timeout_s = timeout_s
+        self._confirm_timeout_s = confirm_timeout_s
+        self._on_end = on_end
         self.open = True
+        self.pending: PendingConfirm | None = None
         self.task: asyncio.Task[None] | None = None
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(timeout_s, self._time_out, timeout_s)
+        self._timer = asyncio.get_running_loop().call_later(timeout_s, self._time_out)
         metrics.turn_started()
 
     def step(self, event: dict[str, Any]) -> bool:
@@ -121,9 +198,12 @@ class Turn:
             return False
         self.step(terminal)
         self.open = False
+        self.pending = None  # an answer arriving now matches nothing
         self._timer.cancel()
         outcome = terminal["event"].removeprefix("agent.")
         self._metrics.turn_finished(outcome, time.perf_counter() - self._started)
+        if self._on_end is not None:
+            self._on_end()
         return True
 
     def cancel(self, terminal: dict[str, Any] | None = None) -> bool:
@@ -138,7 +218,45 @@ class Turn:
         """End the turn now with agent.error (e.g. the session store failed)."""
         return self.cancel(error_event(code, message))
 
-    def _time_out(self, timeout_s: float) -> None:
+    async def confirm(self, request: ConfirmRequest) -> None:
+        """Ask for approval with agent.user_confirm and answer `request` with the first
+        matching user.response, or as rejected ("timeout") after confirm_timeout_s. The
+        turn's own deadline stands still meanwhile: a person's time is not the agent's."""
+        loop = asyncio.get_running_loop()
+        pending = self.pending = PendingConfirm(
+            request, self._confirm_timeout_s, loop.create_future()
+        )
+        left = self._timer.when() - loop.time()
+        self._timer.cancel()
+        try:
+            self.step(pending.event())
+            async with asyncio.timeout(self._confirm_timeout_s):
+                approved, feedback = await pending.answer
+        except TimeoutError:
+            request.reject(reason="timeout")
+        else:
+            if approved:
+                request.approve(feedback)
+            else:
+                request.reject(feedback)
+        finally:
+            if self.pending is pending:
+                self.pending = None
+            if self.open:
+                self._timer = loop.call_later(max(left, 0.0), self._time_out)
+
+    def respond(self, step_id: str, approved: bool, feedback: str | None) -> bool:
+        """Answer the pending confirmation if `step_id` is the one; False otherwise (none
+        is pending, another is, or it was answered already)."""
+        pending = self.pending
+        if pending is None or pending.step_id != step_id or pending.answer.done():
+            return False
+        self.pending = None
+        pending.answer.set_result((approved, feedback))
+        return True
+
+    def _time_out(self) -> None:
+        timeout_s = self._timeout_s
         self.cancel(
             make_event(
                 "agent.timeout",
@@ -156,12 +274,15 @@ def start_turn(
     pace: Pace,
     timeout_s: float,
     metrics: Metrics,
+    confirm_timeout_s: float = 300.0,
+    on_end: Callable[[], None] | None = None,
     after: asyncio.Task[None] | None = None,
     name: str = "turn",
 ) -> Turn:
     """Start one turn of `agent` as a task. `pace` waits for connections that fell behind
-    (bounded); `after` is the previous turn's task, which may still be unwinding."""
-    turn = Turn(emit, metrics, timeout_s)
+    (bounded); `on_end` runs once the terminal event is out; `after` is the previous
+    turn's task, which may still be unwinding."""
+    turn = Turn(emit, metrics, timeout_s, confirm_timeout_s, on_end)
     turn.task = asyncio.create_task(_drive(agent, text, turn, pace, after), name=name)
     return turn
 
@@ -179,6 +300,9 @@ async def _drive(
                 if isinstance(step, FinalAnswer):
                     turn.finish(make_event("agent.final_answer", content=step.text))
                     return
+                if type(step) is ConfirmRequest:
+                    await turn.confirm(step)
+                    continue
                 count += 1
                 if turn.step(step_event(step)):
                     await pace()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import secrets
 import time
@@ -23,7 +24,7 @@ from .metrics import Metrics
 from .protocol import ProtocolError, cut_content, encode, make_event
 from .registry import AgentRegistry
 from .replay import ReplayBuffer
-from .runner import Turn, start_turn
+from .runner import Turn, interrupted_event, start_turn
 from .settings import Settings
 from .store import SessionRecord, Store
 
@@ -66,6 +67,7 @@ class Session:
         "detached_since",
         "id",
         "last_active",
+        "queue",
         "seq",
         "turn",
     )
@@ -79,6 +81,8 @@ class Session:
         self.buffer = ReplayBuffer(settings.replay_buffer, settings.replay_buffer_bytes)
         self.connections: set[Reader] = set()
         self.turn: Turn | None = None
+        # Messages waiting for the running turn (on_busy=queue); made when first needed.
+        self.queue: deque[str] | None = None
         self.detached_since: float | None = None
         self.last_active = time.monotonic()
         self.closed = False
@@ -201,6 +205,8 @@ class SessionManager:
         self.attached: dict[Reader, set[Session]] = {}
         # Set only when a plugin observes events, so an unused hook costs nothing per event.
         self.observe: EventObserver | None = None
+        # Set when the server starts draining (drain.py): no new sessions or turns.
+        self.draining = False
 
     def __len__(self) -> int:
         return len(self.sessions)
@@ -218,6 +224,12 @@ class SessionManager:
             log.exception("event observer failed")
 
     async def create(self, agent_name: str | None, connection: Reader) -> Session:
+        if self.draining:
+            raise ProtocolError(
+                "server_draining",
+                "This server is shutting down and takes no new sessions; connect again "
+                "to reach a server that is up.",
+            )
         spec = self.registry.resolve(agent_name)
         self._check_room(connection)
         try:
@@ -276,28 +288,101 @@ class SessionManager:
         session.last_active = time.monotonic()
         return session
 
-    def start_turn(self, session: Session, text: str) -> None:
-        if session.busy:
+    def start_turn(self, session: Session, text: str) -> int:
+        """Run a turn for `text` now, or as `on_busy` says while one runs. Returns how
+        many messages wait before it (0: it runs now)."""
+        if self.draining:
             raise ProtocolError(
-                "session_busy",
-                "This session is still answering; wait for its final event or send user.cancel.",
+                "server_draining",
+                "This server is shutting down and starts no new turns; connect again to "
+                "reach a server that is up.",
                 session_id=session.id,
             )
+        if session.busy:
+            policy = self.settings.on_busy
+            if policy == "queue":
+                return self._enqueue(session, text)
+            if policy == "reject":
+                raise ProtocolError(
+                    "session_busy",
+                    "This session is still answering; wait for its final event or send "
+                    "user.cancel.",
+                    session_id=session.id,
+                )
+            session.turn.cancel()  # interrupt: agent.interrupted, then the new turn
+        self._run(session, text)
+        return 0
+
+    def _run(self, session: Session, text: str) -> None:
+        settings = self.settings
         previous = session.turn.task if session.turn is not None else None
         session.turn = start_turn(
             session.agent,
             text,
             session.emit,
             pace=session.pace,
-            timeout_s=self.settings.turn_timeout_s,
+            timeout_s=settings.turn_timeout_s,
             metrics=self.metrics,
+            confirm_timeout_s=settings.confirm_timeout_s,
+            on_end=functools.partial(self._next_turn, session),
             after=previous,
             name=f"turn {session.id}",
         )
 
+    def _enqueue(self, session: Session, text: str) -> int:
+        queue = session.queue
+        if queue is None:
+            queue = session.queue = deque()
+        limit = self.settings.max_queued_messages
+        if len(queue) >= limit:
+            raise ProtocolError(
+                "session_busy",
+                f"This session is still answering and {limit} messages already wait, the "
+                "limit; wait for its final event or send user.cancel.",
+                session_id=session.id,
+            )
+        queue.append(text)
+        return len(queue)
+
+    def _next_turn(self, session: Session) -> None:
+        """A turn ended: the next queued message runs (unless the server is draining)."""
+        if not session.queue:
+            return
+        if self.draining:
+            self._stop(session, "the server is shutting down.", "shutdown")
+        else:
+            self._run(session, session.queue.popleft())
+
+    def _stop(self, session: Session, why: str, reason: str | None = None) -> bool:
+        """End the running turn, then every queued message, each with its own
+        agent.interrupted, in order. False if there was nothing to stop."""
+        queued, session.queue = session.queue or (), None  # so none starts meanwhile
+        stopped = session.turn is not None and session.turn.cancel(
+            interrupted_event(f"The turn was stopped: {why}", reason=reason) if reason else None
+        )
+        for _ in queued:
+            session.emit(
+                interrupted_event(
+                    f"This queued message did not run: {why}", queued=True, reason=reason
+                )
+            )
+        return stopped or bool(queued)
+
     def cancel_turn(self, session: Session) -> bool:
-        """End the running turn with agent.interrupted now; False if none was running."""
-        return session.turn is not None and session.turn.cancel()
+        """End the running turn, and any queued messages, with agent.interrupted now;
+        False if nothing was running or waiting."""
+        return self._stop(session, "the turn was cancelled.")
+
+    def respond(self, session: Session, step_id: str, approved: bool, feedback: str | None) -> None:
+        """Answer the tool call waiting for approval as `step_id`; only the first answer
+        counts (a repeat, a late one or a stray one is confirm_not_pending)."""
+        if session.turn is None or not session.turn.respond(step_id, approved, feedback):
+            raise ProtocolError(
+                "confirm_not_pending",
+                f"Nothing in this session waits for approval of step {step_id!r}: it was "
+                "answered already, timed out, or its turn ended.",
+                session_id=session.id,
+            )
 
     def reconnect(self, session_id: str, connection: Reader, last_seq: int) -> Session:
         """Attach a connection to a live session from `last_seq`: it is sent every buffered
@@ -315,7 +400,12 @@ class SessionManager:
         buffer = session.buffer
         last_seq = min(max(last_seq, 0), session.seq)
         cursor = max(last_seq, buffer.first_seq - 1)
-        metadata: dict[str, Any] = {"last_seq": last_seq, "replayed": session.seq - cursor}
+        pending = session.turn.pending if session.turn is not None else None
+        metadata: dict[str, Any] = {
+            "last_seq": last_seq,
+            "replayed": session.seq - cursor,
+            "pending_confirm": [pending.step_id] if pending is not None else [],
+        }
         if cursor > last_seq:
             metadata["replay_gap"] = {"from": last_seq + 1, "to": cursor}
         self._attach(session, connection, cursor)
@@ -327,6 +417,8 @@ class SessionManager:
                 metadata=metadata,
             )
         )
+        if pending is not None:  # asked again, even if the first ask was acked away
+            session.emit(pending.event())
         return session
 
     def _attach(self, session: Session, connection: Reader, cursor: int) -> None:
@@ -349,8 +441,7 @@ class SessionManager:
         if session.closed:
             return
         session.closed = True
-        if session.turn is not None:
-            session.turn.cancel()
+        self._stop(session, f"the session ended ({detail or reason}).", reason)
         session.emit(
             make_event(
                 "agent.session_end",

@@ -70,8 +70,18 @@ class Settings:
     # Whole turns of conversation memory kept per session (the system prompt always is).
     max_history_turns: int = 50
 
-    # Seconds a turn may run before it ends with agent.timeout.
+    # Seconds a turn may run before it ends with agent.timeout (time spent waiting for a
+    # person's approval does not count).
     turn_timeout_s: float = 300.0
+    # Seconds a tool call waits for approval (agent.user_confirm, answered by
+    # user.response) before it counts as rejected, with metadata.reason "timeout".
+    confirm_timeout_s: float = 300.0
+    # A user.message while its session's turn runs: reject (session_busy), queue (it runs
+    # after; at most max_queued_messages wait), or interrupt (the running turn ends with
+    # agent.interrupted, then it runs).
+    on_busy: Literal["reject", "queue", "interrupt"] = "reject"
+    # Messages one session may have waiting with on_busy=queue; more get session_busy.
+    max_queued_messages: int = 8
     # Seconds between system.heartbeat events; 0 disables them.
     heartbeat_s: float = 30.0
     # Seconds between WebSocket pings that detect dead peers; 0 disables them.
@@ -84,12 +94,17 @@ class Settings:
     ws_compression: bool = False
     # Seconds shutdown waits to flush each connection.
     shutdown_timeout_s: float = 5.0
+    # Seconds running turns get to finish after SIGTERM or a first Ctrl-C, while new
+    # sessions are refused; then they are interrupted. A second signal skips the wait.
+    drain_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
         if self.event_loop not in ("auto", "asyncio", "uvloop"):
             raise ValueError(
                 f"event_loop must be auto, asyncio or uvloop, not {self.event_loop!r}."
             )
+        if self.on_busy not in ("reject", "queue", "interrupt"):
+            raise ValueError(f"on_busy must be reject, queue or interrupt, not {self.on_busy!r}.")
         if self.replay_buffer_bytes < self.max_event_bytes:
             raise ValueError(
                 f"replay_buffer_bytes ({self.replay_buffer_bytes}) must be at least "
@@ -103,6 +118,8 @@ class Settings:
             "max_sessions",
             "replay_buffer",
             "max_history_turns",
+            "max_queued_messages",
+            "confirm_timeout_s",
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, not {getattr(self, name)!r}.")

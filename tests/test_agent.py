@@ -176,12 +176,18 @@ async def test_memory_persists_across_turns(weather) -> None:
 async def test_clone_has_same_config_empty_memory_and_its_own_tools() -> None:
     model = tool_then_answer("echo", '{"text": "hi"}')
     agent = create_react_agent(
-        "a", tools=[Echo()], system_prompt="s", max_steps=4, description="d", model=model, extra=1
+        "a",
+        tools=[Echo()],
+        system_prompt="s",
+        max_steps=4,
+        description="d",
+        model=model,
+        confirm_tools=["echo"],
     )
-    await agent.arun("first")
+    await agent.arun("first", confirm=lambda request: True)
     twin = agent.clone()
     assert (twin.name, twin.system_prompt, twin.max_steps, twin.description) == ("a", "s", 4, "d")
-    assert twin.model is agent.model and twin.options == {"extra": 1}
+    assert twin.model is agent.model and twin.confirm_tools == {"echo"}
     assert twin.messages == [] and len(agent.messages) == 4
     assert twin.tools[0] is not agent.tools[0] and type(twin.tools[0]) is Echo
     await twin.arun("second")
@@ -357,9 +363,9 @@ def test_max_history_turns_must_be_a_positive_integer(value: Any) -> None:
 
 
 def test_clone_keeps_max_history_turns() -> None:
-    agent = create_react_agent("k", max_history_turns=3, extra=1)
+    agent = create_react_agent("k", max_history_turns=3)
     twin = agent.clone()
-    assert twin.max_history_turns == 3 and twin.options == {"extra": 1}
+    assert twin.max_history_turns == 3
     assert create_react_agent("n").clone().max_history_turns is None
 
 

@@ -120,7 +120,7 @@ async def test_unknown_extra_fields_are_ignored(serve, connect):
     assert events[-1]["event"] == "agent.final_answer"
 
 
-async def test_user_response_without_pending_confirmation_gets_a_notice(serve, connect):
+async def test_user_response_without_pending_confirmation_is_confirm_not_pending(serve, connect):
     server = await serve()
     client = await connect(server)
     sid = await client.create_session()
@@ -132,5 +132,6 @@ async def test_user_response_without_pending_confirmation_gets_a_notice(serve, c
             "content": {"confirmed": True},
         }
     )
-    notice = await client.expect("system.notice")
-    assert "t1" in notice["content"]
+    error = await client.error("confirm_not_pending")
+    assert "t1" in error["content"] and error["session_id"] == sid
+    assert (await client.turn(sid, "hello"))[-1]["event"] == "agent.final_answer"

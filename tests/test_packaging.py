@@ -3,6 +3,7 @@ is the only place Python imports from, find their schemas and serve agents."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -13,7 +14,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.client import WsClient
+from tests.client import TERMINAL, WsClient
 from tests.conftest import EXAMPLES, ROOT, WEATHER, CliServer, free_port
 
 # -S: no site-packages, so only what was installed into the target directory is importable.
@@ -24,6 +25,8 @@ PLUGINS = (ROOT / "plugins" / "weather", ROOT / "plugins" / "calculator")
 EXAMPLE_TURNS = {
     "my_agent.py": ("greeter", "Please greet Ada", "Hello, Ada!"),
     "ws_weather_agent.py": ("weather-assistant", "北京今天天气怎么样？", "25°C"),
+    # Its tool asks first: the test approves every agent.user_confirm.
+    "booking_agent.py": ("booking-assistant", "Book a table for 2 at Luigi at 19:30", "#1"),
 }
 
 
@@ -150,6 +153,20 @@ class InstalledServer(CliServer):
         )
 
 
+async def approving_turn(client: WsClient, session_id: str, text: str) -> list[dict]:
+    """One turn's events, approving each tool call that asks."""
+    await client.send({"event": "user.message", "session_id": session_id, "content": text})
+    events: list[dict] = []
+    async with asyncio.timeout(20):
+        while not events or events[-1]["event"] not in TERMINAL:
+            events.append(await client.recv(timeout=20))
+            if events[-1]["event"] == "agent.user_confirm":
+                answer = {"event": "user.response", "content": {"approved": True}}
+                answer.update(session_id=session_id, step_id=events[-1]["step_id"])
+                await client.send(answer)
+    return [e for e in events if e.get("session_id") == session_id]
+
+
 @pytest.mark.parametrize("example", sorted(EXAMPLES.glob("*.py")), ids=lambda p: p.name)
 async def test_every_example_serves_with_only_the_project_installed(
     example: Path, host_only: Path, tmp_path: Path
@@ -171,7 +188,7 @@ async def test_every_example_serves_with_only_the_project_installed(
             await client.send({"event": "user.create_session"})
             created = await client.expect("agent.session_created", timeout=10)
             assert created["content"]["agent"] == agent, created
-            events = await client.turn(created["session_id"], question, timeout=20)
+            events = await approving_turn(client, created["session_id"], question)
     finally:
         output = server.stop()
         print(output)  # shown by pytest when the test fails

@@ -118,11 +118,18 @@ def test_every_event_in_protocol_md_has_a_schema() -> None:
         assert (SCHEMA_DIR / f"{name}.json").is_file(), name
 
 
+# Codes added since PROTOCOL.md's list: named in its additions table, or our own.
+ADDED_CODES = {"server_draining", "confirm_not_pending"}
+
+
 def test_error_codes_match_protocol_md() -> None:
     text = PROTOCOL_MD.read_text(encoding="utf-8")
     section = text.split("## Error codes", 1)[1].split("\n## ", 1)[0].split("Every error", 1)[0]
-    assert set(re.findall(r"`([a-z_]+)`", section)) - {"metadata"} == ERROR_CODES
-    assert len(ERROR_CODES) == 17
+    listed = set(re.findall(r"`([a-z_]+)`", section)) - {"metadata"}
+    assert len(listed) == 17
+    assert ERROR_CODES == listed | ADDED_CODES
+    additions = text.split("## Additions", 1)[1].split("\n## ", 1)[0]
+    assert "`server_draining`" in additions
 
 
 def test_protocol_version() -> None:
@@ -413,7 +420,16 @@ SERVER_SAMPLES: dict[str, dict[str, Any]] = {
     },
     "agent.partial_answer": {"content": "Sun", "metadata": {"is_final": False}},
     "agent.final_answer": {"content": "Sunny in 北京."},
-    "agent.user_confirm": {"step_id": "call_2", "metadata": {"tool": "rm", "args": {"path": "/"}}},
+    "agent.user_confirm": {
+        "step_id": "call_2",
+        "content": 'The agent wants to run rm(path="/"). Approve?',
+        "metadata": {
+            "tool": "rm",
+            "args": {"path": "/"},
+            "call_id": "call_2",
+            "expires_at": "2026-01-01T12:05:00.000+00:00",
+        },
+    },
     "agent.error": {
         "content": "The LLM is unreachable; check the URL.",
         "metadata": {"code": "llm_error"},

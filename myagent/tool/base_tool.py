@@ -79,6 +79,9 @@ class BaseTool:
     # Instance attributes every session's copy uses as they are, on purpose: an HTTP
     # client, a connection pool, a read-only cache. Everything else is deep-copied.
     shared: tuple[str, ...] = ()
+    # Every call waits for a person's approval first (agent.user_confirm); rejected or
+    # unanswered, the tool does not run. An agent can also ask it with confirm_tools=[...].
+    requires_confirmation: bool = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         # A broken schema should fail when the agent file is imported, not mid-conversation.
