@@ -146,7 +146,7 @@ class Connection(Outbound):
 
     async def _on_message(self, message: dict[str, Any]) -> None:
         session = self.sessions.get(message["session_id"], self)
-        ahead = self.sessions.start_turn(session, message["content"])
+        ahead = session.start_turn(message["content"])
         if ahead:  # on_busy=queue: say so, since its events come only later
             after = "." if ahead == 1 else f" and the {ahead - 1} queued before it."
             self._notice(
@@ -157,7 +157,7 @@ class Connection(Outbound):
 
     async def _on_cancel(self, message: dict[str, Any]) -> None:
         session = self.sessions.get(message["session_id"], self)
-        if not self.sessions.cancel_turn(session):
+        if not session.stop("the turn was cancelled."):
             self._notice("No turn is running in this session; nothing to cancel.", session.id)
 
     async def _on_end_session(self, message: dict[str, Any]) -> None:
@@ -191,7 +191,7 @@ class Connection(Outbound):
         session = self.sessions.get(message["session_id"], self)
         content = message["content"]
         approved = content.get("approved", content.get("confirmed"))  # the schema wants one
-        self.sessions.respond(session, message["step_id"], approved, content.get("feedback"))
+        session.respond(message["step_id"], approved, content.get("feedback"))
 
     def _notice(self, text: str, session_id: str | None = None, **metadata: Any) -> None:
         self.send_event(

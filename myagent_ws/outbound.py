@@ -32,7 +32,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 if TYPE_CHECKING:
     from .metrics import Metrics
-    from .sessions import Session
+    from .session import Session
 
 log = logging.getLogger("myagent_ws.connection")
 frames_log = logging.getLogger("myagent_ws.frames")

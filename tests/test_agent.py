@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import json
 import os
@@ -17,6 +18,7 @@ import pytest
 from myagent import (
     AgentError,
     BaseTool,
+    ConfirmRequest,
     FinalAnswer,
     FunctionModel,
     LLMError,
@@ -633,3 +635,92 @@ def test_bad_tools_fail_when_the_agent_is_built() -> None:
         create_react_agent("bad", tools=[object()])
     with pytest.raises(ValueError, match="max_steps"):
         create_react_agent("zero", max_steps=0)
+
+
+# --- tools that need a person's approval --------------------------------------------------
+
+
+class Pay(Echo):
+    name = "pay"
+    description = "Pay someone."
+    requires_confirmation = True
+
+
+async def test_a_confirmable_call_waits_for_an_answer_between_call_and_result() -> None:
+    agent = create_react_agent("p", tools=[Pay()], model=tool_then_answer("pay", '{"text": "5"}'))
+    steps = []
+    async with contextlib.aclosing(agent.run("pay 5")) as run:
+        async for step in run:
+            steps.append(step)
+            if isinstance(step, ConfirmRequest):
+                assert agent.tools[0].calls == []  # nothing ran yet
+                step.approve("go ahead")
+    kinds = [type(s).__name__ for s in steps]
+    assert kinds[:4] == ["Thinking", "ToolCall", "ConfirmRequest", "ToolFinished"]
+    request, finished = steps[2], steps[3]
+    assert (request.call_id, request.tool, request.args) == (steps[1].call_id, "pay", {"text": "5"})
+    assert finished.status == "success" and finished.reason is None
+    assert agent.tools[0].calls == ["5"] and steps[-1].text == "saw: 5"
+
+
+async def test_an_unanswered_request_is_a_rejection_and_the_tool_never_runs() -> None:
+    agent = create_react_agent("p", tools=[Pay()], model=tool_then_answer("pay", '{"text": "5"}'))
+    steps = [step async for step in agent.run("pay 5")]  # a consumer that ignores requests
+    finished = next(s for s in steps if isinstance(s, ToolFinished))
+    assert (finished.status, finished.reason) == ("rejected", "unanswered")
+    assert agent.tools[0].calls == []
+    assert "no one was asked" in agent.messages[2]["content"]
+    assert await agent.arun("again") == "saw: " + agent.messages[-2]["content"]
+    assert agent.tools[0].calls == []
+
+
+async def test_arun_asks_its_confirm_function_sync_or_async() -> None:
+    agent = create_react_agent("p", tools=[Pay()], model=tool_then_answer("pay", '{"text": "5"}'))
+    asked = []
+
+    async def decline(request: ConfirmRequest) -> bool:
+        asked.append(request.tool)
+        return False
+
+    answer = await agent.arun("pay 5", confirm=decline)
+    assert asked == ["pay"] and agent.tools[0].calls == []
+    assert "declined" in answer
+    assert await agent.arun("pay 5", confirm=lambda request: True) == "saw: 5"
+    assert agent.tools[0].calls == ["5"]
+
+
+async def test_invalid_arguments_fail_before_anyone_is_asked() -> None:
+    agent = create_react_agent("p", tools=[Pay()], model=tool_then_answer("pay", '{"nope": 1}'))
+    steps = [step async for step in agent.run("pay")]
+    assert not any(isinstance(s, ConfirmRequest) for s in steps)
+    assert next(s for s in steps if isinstance(s, ToolFinished)).status == "error"
+
+
+async def test_confirm_tools_asks_for_a_tool_by_name() -> None:
+    agent = create_react_agent(
+        "e",
+        tools=[Echo()],
+        model=tool_then_answer("echo", '{"text": "hi"}'),
+        confirm_tools=["echo"],
+    )
+    assert agent.needs_confirmation(agent.tools[0])
+    assert agent.clone().needs_confirmation(agent.clone().tools[0])
+    await agent.arun("hi")
+    assert agent.tools[0].calls == []
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        ({"confirm_tool": ["echo"]}, TypeError, "'confirm_tool' (did you mean 'confirm_tools'?)"),
+        ({"temprature": 0.2}, TypeError, "Unknown agent option 'temprature'"),
+        ({"confirm_tools": ["ecko"]}, ValueError, "did you mean 'echo'?"),
+        ({"confirm_tools": "echo"}, TypeError, "must be a list of tool names"),
+    ],
+)
+def test_unknown_or_misspelt_options_fail_at_creation(options, error, message) -> None:
+    with pytest.raises(error) as raised:
+        create_react_agent("e", tools=[Echo()], **options)
+    assert message in str(raised.value)
+    with pytest.raises(error):
+        ReactAgent("e", tools=[Echo()], **options)

@@ -63,8 +63,18 @@ def test_banner_names_file_agent_offline_model_and_url(cli_server):
             ),
             "RuntimeError: boom",
         ),
+        (
+            lambda d: (
+                (d / "typo.py").write_text(
+                    "from myagent import create_react_agent\n"
+                    "agent = create_react_agent('a', confirm_tool=['pay'])\n"
+                )
+                and d / "typo.py"
+            ),
+            "Unknown agent option 'confirm_tool' (did you mean 'confirm_tools'?)",
+        ),
     ],
-    ids=["missing", "not-python", "syntax-error", "no-agent", "raises"],
+    ids=["missing", "not-python", "syntax-error", "no-agent", "raises", "unknown-option"],
 )
 def test_bad_agent_file_prints_one_line_and_exits_2(tmp_path, setup, expected):
     path = str(setup(tmp_path))
