@@ -251,6 +251,7 @@ async def start_server(
         argv = [PYTHON, "-m", "myagent_ws", "server", "examples/ws_weather_agent.py"]
         argv += ["--host", "127.0.0.1", "--port", str(port)]
         argv += ["--event-loop", "uvloop" if UVLOOP else "asyncio"]
+        argv += ["--drain-timeout-s", "0"]  # a stopped phase stops at once, like the reference
         if llm_url:
             argv += ["--llm-base-url", llm_url, "--model", "fake", "--llm-api-key", "bench"]
         child = Child(f"{tag}-server", argv, logdir, SERVER_CPUS)

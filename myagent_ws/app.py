@@ -16,7 +16,7 @@ from aiohttp import WSCloseCode, web
 
 from myagent.llm import model_from_env
 
-from . import console
+from . import console, drain
 from .connection import Connection
 from .keys import (
     CONNECTIONS,
@@ -49,9 +49,11 @@ def create_app(
     pm: pluggy.PluginManager | None = None,
     model: Any = None,
     store: Store | None = None,
+    handle_signals: bool = False,
 ) -> web.Application:
     """Build the server. `pm` carries the loaded plugins' hooks; `model` serves agents that
-    bring none (default: from settings and the environment)."""
+    bring none (default: from settings and the environment). With `handle_signals`,
+    SIGTERM and SIGINT drain it (drain.py): for `web.run_app(..., handle_signals=False)`."""
     app = web.Application()
     app[PLUGINS] = pm if pm is not None else make_plugin_manager()
     app[SETTINGS] = settings
@@ -70,6 +72,8 @@ def create_app(
     if settings.health_port is not None:
         app.cleanup_ctx.append(_health_port)
     app.on_startup.append(_ready)
+    if handle_signals:
+        app.on_startup.append(drain.handle_signals)
     app.on_shutdown.append(_end_sessions_and_close)
     hook = app[PLUGINS].hook
     hook.prepare_app(app=app, settings=settings)

@@ -186,7 +186,7 @@ def server(
     files_note = raise_open_files_limit(settings.max_sessions + FILES_HEADROOM)
     if files_note:
         click.echo(files_note)
-    app = create_app(settings, registry, pm=pm, model=llm)
+    app = create_app(settings, registry, pm=pm, model=llm, handle_signals=True)
     try:
         loop = fast_event_loop(settings.event_loop)
     except StartupError as exc:
@@ -204,6 +204,7 @@ def server(
         shutdown_timeout=settings.shutdown_timeout_s,
         backlog=LISTEN_BACKLOG,
         loop=loop,
+        handle_signals=False,  # the app's own drain on SIGTERM/SIGINT (drain.py)
     )
 
 

@@ -140,17 +140,24 @@ class CliServer:
                 time.sleep(0.05)
         raise AssertionError("server did not start listening in time")
 
-    def stop(self, sig: int | None = None) -> str:
-        """Stop it (SIGINT, like Ctrl-C, by default), then return everything it printed."""
+    def stop(self, sig: int | None = None, drain_s: float = 2.0) -> str:
+        """Stop it (SIGINT, like Ctrl-C, by default), then return everything it printed.
+        A server still up after `drain_s` (draining running turns, which may take
+        drain_timeout_s) gets a second Ctrl-C, which skips the rest of the drain; one still
+        up 15 s later is killed."""
         import signal
 
         if self.proc.poll() is None:
             self.proc.send_signal(sig or signal.SIGINT)
             try:
-                self.proc.wait(timeout=15)
+                self.proc.wait(timeout=drain_s)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+                self.proc.send_signal(signal.SIGINT)
+                try:
+                    self.proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait(timeout=5)
         return self.proc.stdout.read()
 
 
