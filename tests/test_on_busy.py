@@ -123,3 +123,21 @@ async def test_interrupt_ends_the_running_turn_then_runs_the_new_message(serve, 
     # The interrupted turn left nothing in memory.
     memory = server.app[SESSIONS].sessions[sid].agent.messages
     assert [m["content"] for m in memory if m["role"] == "user"] == ["i-2"]
+
+
+async def test_while_draining_queued_messages_do_not_start_and_new_ones_are_refused(serve, connect):
+    server = await serve(files=(), agents=(waiting_agent(),), on_busy="queue")
+    client = await connect(server)
+    sid = await start(client, "qd-1")
+    await client.send(message(sid, "qd-2"))
+    await client.expect("system.notice")
+    server.app[SESSIONS].draining = True  # what SIGTERM does (tests/test_drain.py)
+    await client.send(message(sid, "qd-3"))
+    refused = await client.error("server_draining")
+    assert refused["session_id"] == sid
+    WaitTool.gate("qd-1").set()  # the running turn finishes inside the grace period
+    events = await terminals(client, sid, 2)
+    ends = [e for e in events if e["event"] in TERMINAL]
+    assert [e["event"] for e in ends] == ["agent.final_answer", "agent.interrupted"]
+    assert ends[1]["metadata"] == {"queued": True, "reason": "shutdown"}
+    assert not server.app[SESSIONS].sessions[sid].busy
