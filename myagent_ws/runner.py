@@ -118,12 +118,9 @@ class PendingConfirm:
     def __init__(self, request: ConfirmRequest, timeout_s: float, answer: asyncio.Future) -> None:
         self.step_id = request.call_id
         self.answer: asyncio.Future[tuple[bool, str | None]] = answer
-        if isinstance(request.args, dict):
-            shown = ", ".join(
-                f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in request.args.items()
-            )
-        else:
-            shown = str(request.args)
+        shown = ", ".join(
+            f"{key}={json.dumps(value, ensure_ascii=False)}" for key, value in request.args.items()
+        )
         if len(shown) > QUESTION_ARGS_CHARS:
             shown = shown[:QUESTION_ARGS_CHARS] + "…"
         self.content = f"The agent wants to run {request.tool}({shown}). Approve?"
