@@ -55,6 +55,7 @@ class ProtocolError(Exception):
         path: str | None = None,
         reason: str | None = None,
         session_id: str | None = None,
+        step_id: str | None = None,
         **metadata: Any,
     ) -> None:
         super().__init__(message)
@@ -64,6 +65,7 @@ class ProtocolError(Exception):
         self.reason = reason
         # Echo the client's session id only when it is one the server could have issued.
         self.session_id = session_id if session_id and len(session_id) <= MAX_ID_LENGTH else None
+        self.step_id = step_id  # the step a refused user.response named (already ≤ 128)
         self.metadata = metadata
 
     def to_event(self) -> dict:
@@ -72,6 +74,7 @@ class ProtocolError(Exception):
             self.code,
             self.message,
             session_id=self.session_id,
+            step_id=self.step_id,
             path=self.path,
             reason=self.reason,
             **self.metadata,
@@ -336,10 +339,19 @@ def make_event(
     return message
 
 
-def error_event(code: str, message: str, *, session_id: str | None = None, **metadata: Any) -> dict:
+def error_event(
+    code: str,
+    message: str,
+    *,
+    session_id: str | None = None,
+    step_id: str | None = None,
+    **metadata: Any,
+) -> dict:
     """A system.error; metadata entries that are None are left out."""
     meta = {"code": code, **{k: v for k, v in metadata.items() if v is not None}}
-    return make_event("system.error", session_id=session_id, content=message, metadata=meta)
+    return make_event(
+        "system.error", session_id=session_id, step_id=step_id, content=message, metadata=meta
+    )
 
 
 def requested_agent(message: dict) -> str | None:

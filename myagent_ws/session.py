@@ -277,4 +277,5 @@ class Session:
                 f"Nothing in this session waits for approval of step {step_id!r}: it was "
                 "answered already, timed out, or its turn ended.",
                 session_id=self.id,
+                step_id=step_id,
             )

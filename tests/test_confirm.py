@@ -242,6 +242,7 @@ async def test_a_response_that_matches_nothing_is_confirm_not_pending(serve, con
     await client.send(respond(sid, "call_nonexistent", approved=True))
     error = await client.error("confirm_not_pending")
     assert "call_nonexistent" in error["content"] and error["session_id"] == sid
+    assert error["step_id"] == "call_nonexistent"
     # Still pending: the right answer still works.
     await client.send(respond(sid, confirm["step_id"], approved=True))
     events = await client.until_terminal(sid)

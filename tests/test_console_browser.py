@@ -3,6 +3,8 @@ against a real server on a loopback port. Screenshots go to test-artifacts/scree
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
 import uuid
 from collections.abc import AsyncIterator
@@ -11,12 +13,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import pytest
 from playwright.async_api import Locator, Page, async_playwright, expect
 
 from myagent import FunctionModel, create_react_agent
-from myagent_ws.keys import CONNECTIONS
+from myagent_ws.keys import CONNECTIONS, SESSIONS
 from tests.agents import WaitTool, waiting_agent
-from tests.conftest import GREETER, ROOT, WEATHER, reference
+from tests.conftest import EXAMPLES, GREETER, ROOT, WEATHER, reference
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FOUND = CHROMIUM.exists()
@@ -168,15 +171,23 @@ async def test_cancel_mid_turn_then_next_turn_completes(serve: Any) -> None:
     assert problems == []
 
 
-async def test_reload_then_new_session_works(serve: Any) -> None:
+async def test_reload_reattaches_the_session_and_a_new_one_works(serve: Any) -> None:
     server = await serve()
     async with browser(server) as (page, problems):
         panel = await start_session(page)
+        sid = await panel.get_attribute("data-session-id")
         await send(panel, BEIJING)
         await final_answer(panel, "25°C")
         await page.reload()
         await expect(page.get_by_test_id("conn-state")).to_have_attribute("data-state", "connected")
-        await expect(page.get_by_test_id("session-tab")).to_have_count(0)
+        # The session is kept in sessionStorage and re-attached; what the page had already
+        # acknowledged is no longer buffered on the server, and the note says so.
+        tabs = page.get_by_test_id("session-tab")
+        await expect(tabs).to_have_count(1)
+        await expect(tabs).to_have_attribute("data-session-id", sid)
+        kept = page.locator(f'[data-testid="session-panel"][data-session-id="{sid}"]')
+        await expect(kept.get_by_test_id("notice").last).to_contain_text("page reloaded")
+        await expect(kept.get_by_test_id("send")).to_be_enabled()
         panel = await start_session(page)
         await send(panel, "What's the weather in London?")
         await final_answer(panel, "London")
@@ -303,28 +314,281 @@ async def test_dropped_connection_reconnects_and_replays_without_duplicates(serv
     assert problems == []
 
 
-async def test_confirm_dialog_sends_user_response(serve: Any) -> None:
-    server = await serve()
+BOOKING = str(EXAMPLES / "booking_agent.py")
+BOOK = "Book a table for 2 at Luigi at 19:30"
+STORE_KEY = "myagent-console.sessions.v1"  # session-store.js
+
+
+def bookings(server: Any, sid: str) -> list[dict[str, Any]]:
+    """The session's own record of what its book_table tool did (examples/booking_agent.py)."""
+    return server.app[SESSIONS].sessions[sid].agent.tools[0].bookings
+
+
+async def all_acked(server: Any, sid: str) -> None:
+    """Waits until the page's user.ack let the server drop every event of the session."""
+    session = server.app[SESSIONS].sessions[sid]
+    async with asyncio.timeout(5):
+        while session.buffer.first_seq <= session.seq:
+            await asyncio.sleep(0.05)
+
+
+async def record_events(page: Page) -> None:
+    await page.evaluate(
+        "() => { window.seen = []; myagentConsole.client.on('event', (e) => seen.push(e)); }"
+    )
+
+
+async def seen(page: Page, name: str) -> list[dict[str, Any]]:
+    return await page.evaluate("(name) => seen.filter((e) => e.event === name)", name)
+
+
+async def ask_to_book(page: Page) -> tuple[Locator, str, Locator]:
+    """A booking session asked to book: its panel, its id and the open dialog."""
+    panel = await start_session(page)
+    sid = await panel.get_attribute("data-session-id")
+    assert sid
+    await send(panel, BOOK)
+    dialog = page.get_by_test_id("confirm-dialog")
+    await expect(dialog).to_be_visible()
+    return panel, sid, dialog
+
+
+async def test_confirm_approve_books_once_and_shows_the_outcome(serve: Any) -> None:
+    server = await serve(files=(BOOKING,))
+    async with browser(server) as (page, problems):
+        await record_events(page)
+        panel, sid, dialog = await ask_to_book(page)
+        await expect(dialog.get_by_test_id("confirm-question")).to_contain_text(
+            'book_table(restaurant="Luigi", people=2, time="19:30")'
+        )
+        await expect(dialog.get_by_test_id("confirm-where")).to_contain_text("tool book_table")
+        args = dialog.get_by_test_id("confirm-args")
+        for field in ('"restaurant": "Luigi"', '"people": 2', '"time": "19:30"'):
+            await expect(args).to_contain_text(field)
+        await expect(dialog.get_by_test_id("confirm-expires")).to_contain_text(
+            re.compile(r"Expires at .+ \(in [45] min")
+        )
+        card = panel.get_by_test_id("confirm-card")
+        step = await dialog.get_attribute("data-step-id")
+        await expect(card).to_have_attribute("data-step-id", step or "?")
+        await expect(card.get_by_test_id("confirm-status")).to_have_text("waiting for your answer")
+        tool = panel.get_by_test_id("tool-card")
+        await expect(tool).to_have_attribute("data-status", "waiting")
+        assert bookings(server, sid) == []  # nothing runs before the answer
+        await shot(page, "08-confirm-dialog")
+
+        await dialog.get_by_test_id("confirm-approve").click()
+        await expect(dialog).to_be_hidden()
+        await expect(card.get_by_test_id("confirm-status")).to_have_text("approved")
+        await final_answer(panel, "booking #1")
+        await expect(card.get_by_test_id("confirm-outcome")).to_have_text("ran")
+        await expect(tool).to_have_attribute("data-status", "success")
+        await expect(tool.get_by_test_id("tool-result")).to_contain_text("booking #1")
+        await expect(panel.get_by_test_id("confirm-card")).to_have_count(1)
+        await expect(panel.get_by_test_id("error")).to_have_count(0)
+        await shot(page, "10-confirm-approved")
+        assert len(await seen(page, "agent.tool_result")) == 1
+        assert len(bookings(server, sid)) == 1
+    assert problems == []
+
+
+async def test_confirm_reject_with_feedback_books_nothing(serve: Any) -> None:
+    server = await serve(files=(BOOKING,))
+    async with browser(server) as (page, problems):
+        panel, sid, dialog = await ask_to_book(page)
+        await dialog.get_by_test_id("confirm-feedback").fill("not tonight")
+        await dialog.get_by_test_id("confirm-reject").click()
+        await expect(dialog).to_be_hidden()
+        card = panel.get_by_test_id("confirm-card")
+        await expect(card.get_by_test_id("confirm-status")).to_have_text("rejected: not tonight")
+        await expect(card.get_by_test_id("confirm-outcome")).to_have_text("not run: declined")
+        tool = panel.get_by_test_id("tool-card")
+        await expect(tool).to_have_attribute("data-status", "rejected")
+        await expect(tool.get_by_test_id("tool-status")).to_have_text("rejected · declined")
+        await expect(tool.get_by_test_id("tool-result")).to_contain_text("not tonight")
+        await expect(panel.locator('[data-testid="answer"][data-state="final"]')).to_have_count(1)
+        await expect(panel.get_by_test_id("send")).to_be_enabled()
+        await shot(page, "11-confirm-rejected")
+        assert bookings(server, sid) == []
+    assert problems == []
+
+
+@pytest.mark.parametrize("acked", [True, False], ids=["acked", "unacked"])
+async def test_reload_while_a_confirmation_waits_asks_again_once(serve: Any, acked: bool) -> None:
+    server = await serve(files=(BOOKING,))
+    async with browser(server) as (page, problems):
+        if not acked:
+            # As if the page reloads before its next user.ack: the server still buffers the
+            # question, so it is replayed and then asked again, with the same step_id.
+            await page.evaluate("() => { myagentConsole.client._flushAcks = () => {}; }")
+        panel, sid, dialog = await ask_to_book(page)
+        step = await dialog.get_attribute("data-step-id")
+        assert step
+        kept = await page.evaluate("(key) => JSON.parse(sessionStorage.getItem(key))", STORE_KEY)
+        assert [s["id"] for s in kept["sessions"]] == [sid] and kept["active"] == sid
+        if acked:  # the server no longer buffers the question: it is only asked again
+            await all_acked(server, sid)
+        frames: list[dict[str, Any]] = []  # what the reloaded page receives
+        page.on(
+            "websocket", lambda ws: ws.on("framereceived", lambda f: frames.append(json.loads(f)))
+        )
+
+        await page.reload()
+        await expect(page.get_by_test_id("conn-state")).to_have_attribute("data-state", "connected")
+        await expect(page.get_by_test_id("session-tab")).to_have_count(1)
+        panel = page.locator(f'[data-testid="session-panel"][data-session-id="{sid}"]')
+        await expect(panel).to_be_visible()
+        dialog = page.get_by_test_id("confirm-dialog")
+        await expect(dialog).to_be_visible()
+        await expect(dialog).to_have_attribute("data-step-id", step)
+        await expect(dialog.get_by_test_id("confirm-args")).to_contain_text('"restaurant": "Luigi"')
+        cards = panel.get_by_test_id("confirm-card")
+        await expect(cards).to_have_count(1)
+        await expect(cards).to_have_attribute("data-step-id", step)
+        notice = panel.get_by_test_id("notice").last
+        await expect(notice).to_contain_text("Re-attached after the page reloaded")
+        if acked:  # the tool call itself is gone: its card is drawn from the question
+            await expect(notice).to_contain_text("no longer kept by the server")
+        tool = panel.get_by_test_id("tool-card")
+        await expect(tool).to_have_count(1)
+        await expect(tool).to_have_attribute("data-status", "waiting")
+        await expect(tool.get_by_test_id("tool-args")).to_contain_text('"restaurant": "Luigi"')
+        await shot(page, f"12-confirm-after-reload-{'acked' if acked else 'unacked'}")
+
+        await dialog.get_by_test_id("confirm-approve").click()
+        await final_answer(panel, "booking #1")
+        await expect(cards.get_by_test_id("confirm-outcome")).to_have_text("ran")
+        await expect(tool).to_have_attribute("data-status", "success")
+        await expect(panel.get_by_test_id("answer")).to_have_count(1)
+        await expect(panel.get_by_test_id("confirm-card")).to_have_count(1)
+        await expect(panel.get_by_test_id("error")).to_have_count(0)
+        asks = [f["step_id"] for f in frames if f["event"] == "agent.user_confirm"]
+        assert asks == ([step] if acked else [step, step])  # replayed, then asked again
+        assert [f["event"] for f in frames].count("agent.final_answer") == 1
+        assert len(bookings(server, sid)) == 1
+    assert problems == []
+
+
+async def test_dropped_link_while_a_confirmation_waits_asks_again_on_the_same_card(
+    serve: Any,
+) -> None:
+    server = await serve(files=(BOOKING,))
+    async with browser(server) as (page, problems):
+        panel, sid, dialog = await ask_to_book(page)
+        step = await dialog.get_attribute("data-step-id")
+        await page.evaluate("() => { myagentConsole.client.backoff.initialMs = 60000; }")
+        for connection in tuple(server.app[CONNECTIONS]):
+            await connection.ws.close()
+        state = page.get_by_test_id("conn-state")
+        await expect(state).to_have_attribute("data-state", "reconnecting")
+        # Approving while offline: nothing goes out, and the card says so and keeps waiting.
+        await dialog.get_by_test_id("confirm-approve").click()
+        card = panel.get_by_test_id("confirm-card")
+        await expect(card.get_by_test_id("confirm-detail")).to_contain_text("not sent")
+        await expect(card.get_by_test_id("confirm-status")).to_have_text("waiting for your answer")
+        await page.get_by_test_id("retry").click()
+        await expect(state).to_have_attribute("data-state", "connected")
+        # The server asks again (same step_id): the same card, the dialog opens again.
+        await expect(dialog).to_be_visible()
+        await expect(dialog).to_have_attribute("data-step-id", step or "?")
+        await expect(panel.get_by_test_id("confirm-card")).to_have_count(1)
+        await dialog.get_by_test_id("confirm-approve").click()
+        await final_answer(panel, "booking #1")
+        await expect(card.get_by_test_id("confirm-outcome")).to_have_text("ran")
+        await expect(panel.get_by_test_id("tool-card")).to_have_count(1)
+        assert len(bookings(server, sid)) == 1
+    assert problems == []
+
+
+async def test_questions_of_two_sessions_are_asked_one_at_a_time(serve: Any) -> None:
+    server = await serve(files=(BOOKING,))
+    async with browser(server) as (page, problems):
+        first_panel, first, dialog = await ask_to_book(page)
+        await page.keyboard.press("Escape")  # not now: the card keeps a Review button
+        await expect(dialog).to_be_hidden()
+        review = first_panel.get_by_test_id("confirm-review")
+        await expect(review).to_be_visible()
+        second_panel, second, dialog = await ask_to_book(page)
+        await expect(dialog).to_have_attribute("data-session-id", second)
+        await dialog.get_by_test_id("confirm-approve").click()
+        # The question still open in the other session follows, shown with its session.
+        await expect(dialog).to_have_attribute("data-session-id", first)
+        await expect(first_panel).to_be_visible()
+        await page.keyboard.press("Escape")
+        await final_answer(second_panel, "booking #1")
+        await review.click()
+        await expect(dialog).to_be_visible()
+        await expect(dialog).to_have_attribute("data-session-id", first)
+        await dialog.get_by_test_id("confirm-reject").click()
+        await expect(first_panel.get_by_test_id("confirm-outcome")).to_have_text(
+            "not run: declined"
+        )
+        assert bookings(server, first) == [] and len(bookings(server, second)) == 1
+    assert problems == []
+
+
+async def test_a_turn_that_ends_closes_its_open_question(serve: Any) -> None:
+    server = await serve(files=(BOOKING,))
+    async with browser(server) as (page, problems):
+        panel, sid, dialog = await ask_to_book(page)
+        # Cancelled while the dialog is open (as from another tab on the same session).
+        await page.evaluate("(sid) => myagentConsole.client.cancel(sid)", sid)
+        await expect(dialog).to_be_hidden()
+        card = panel.get_by_test_id("confirm-card")
+        await expect(card.get_by_test_id("confirm-status")).to_have_text(
+            "no longer needed (the turn ended)"
+        )
+        await expect(card.get_by_test_id("confirm-review")).to_be_hidden()
+        await expect(panel.get_by_test_id("interrupted")).to_be_visible()
+        await expect(panel.get_by_test_id("tool-card")).to_have_attribute("data-status", "stopped")
+        await expect(panel.get_by_test_id("send")).to_be_enabled()
+        assert bookings(server, sid) == []
+    assert problems == []
+
+
+async def test_a_question_nobody_answers_times_out_and_a_late_answer_is_explained(
+    serve: Any,
+) -> None:
+    server = await serve(files=(BOOKING,), confirm_timeout_s=1.5)
+    async with browser(server) as (page, problems):
+        panel, sid, dialog = await ask_to_book(page)
+        step = await dialog.get_attribute("data-step-id")
+        await expect(dialog).to_be_hidden()  # the server's timeout takes the question back
+        card = panel.get_by_test_id("confirm-card")
+        await expect(card.get_by_test_id("confirm-status")).to_have_text("no answer in time")
+        await expect(card.get_by_test_id("confirm-outcome")).to_have_text("not run: timed out")
+        tool = panel.get_by_test_id("tool-card")
+        await expect(tool.get_by_test_id("tool-status")).to_have_text("rejected · timed out")
+        await expect(panel.locator('[data-testid="answer"][data-state="final"]')).to_have_count(1)
+        # An answer that comes too late gets confirm_not_pending: said on the card, in words.
+        await page.evaluate(
+            "([sid, step]) => myagentConsole.client.respond(sid, step, true)", [sid, step]
+        )
+        await expect(card.get_by_test_id("confirm-detail")).to_contain_text(
+            "Your answer was not used: Nothing in this session waits for approval"
+        )
+        await expect(panel.get_by_test_id("error")).to_have_count(0)
+        await shot(page, "13-confirm-timed-out")
+        assert bookings(server, sid) == []
+    assert problems == []
+
+
+async def test_reload_forgets_a_session_the_server_no_longer_has(serve: Any) -> None:
+    server = await serve(files=(BOOKING,))
     async with browser(server) as (page, problems):
         panel = await start_session(page)
         sid = await panel.get_attribute("data-session-id")
-        confirm = {
-            "event": "agent.user_confirm",
-            "session_id": sid,
-            "step_id": "step-7",
-            "content": "Delete the file?",
-            "metadata": {"tool": "delete_file", "args": {"path": "/tmp/x"}},
-        }
-        # As if the server had asked (this server's agents never do).
-        await page.evaluate("(e) => myagentConsole.client._onFrame(JSON.stringify(e))", confirm)
-        dialog = page.get_by_test_id("confirm-dialog")
-        await expect(dialog).to_be_visible()
-        await expect(dialog.get_by_test_id("confirm-args")).to_contain_text('"path": "/tmp/x"')
-        await shot(page, "08-confirm-dialog")
-        await dialog.get_by_test_id("confirm-feedback").fill("not now")
-        await dialog.get_by_test_id("confirm-reject").click()
-        await expect(dialog).to_be_hidden()
-        await expect(panel.get_by_test_id("confirm-status")).to_have_text("rejected: not now")
-        # The server validated the user.response and says nothing was waiting for it.
-        await expect(panel.get_by_test_id("notice").last).to_contain_text("step-7")
+        await page.evaluate("() => myagentConsole.client.close()")  # the page goes quiet…
+        manager = server.app[SESSIONS]
+        await manager.end(manager.sessions[sid], "expired")  # …and its session expires
+        await page.reload()
+        notice = page.get_by_test_id("global-log").get_by_test_id("notice")
+        await expect(notice).to_contain_text("no longer on the server")
+        await expect(page.get_by_test_id("session-tab")).to_have_count(0)
+        await expect(page.get_by_test_id("error")).to_have_count(0)
+        assert await page.evaluate("(key) => sessionStorage.getItem(key)", STORE_KEY) is None
+        # The page goes on as usual.
+        panel = await start_session(page)
+        await send(panel, BOOK)
+        await expect(page.get_by_test_id("confirm-dialog")).to_be_visible()
     assert problems == []

@@ -1,13 +1,15 @@
 // The web console page: wires its fixed parts (connection status, agent picker, session
 // list, global log) to MyAgentClient and keeps the app state: agents, session views and
 // which one is shown. A session is drawn by session-view.js (its turns by turn-view.js),
-// the tool-call approval dialog by confirm-dialog.js. Agent text only ever reaches the
-// page as text nodes or through markdown.js.
+// the tool-call approval dialog by confirm-dialog.js. The open sessions are kept in
+// sessionStorage (session-store.js), so a reload re-attaches them. Agent text only ever
+// reaches the page as text nodes or through markdown.js.
 
 import { MyAgentClient } from "./myagent-client.js";
 import { ConfirmDialog } from "./confirm-dialog.js";
-import { alertBox, asText, errorDetails, h, testid } from "./dom.js";
+import { alertBox, asText, errorDetails, h, shortId, testid } from "./dom.js";
 import { SessionView } from "./session-view.js";
+import { loadSessions, saveSessions } from "./session-store.js";
 
 const initial = JSON.parse(document.getElementById("console-data").textContent);
 const ui = {
@@ -136,7 +138,7 @@ function updateControls() {
 
 // -- sessions ------------------------------------------------------------------------------
 
-const confirms = new ConfirmDialog(ui.dialog, { client, log: logGlobal });
+const confirms = new ConfirmDialog(ui.dialog, { log: logGlobal });
 
 /** What each SessionView gets from the page. */
 const app = {
@@ -153,18 +155,20 @@ const app = {
   },
 };
 
-function ensureView(id, agentName) {
+function ensureView(id, agentName, options) {
   let view = views.get(id);
   if (!view) {
-    view = new SessionView(id, agentName, app);
+    view = new SessionView(id, agentName, app, options);
     views.set(id, view);
     ui.noSessions.hidden = true;
+    persist(true);
   }
   return view;
 }
 
 function activate(id) {
   activeId = id;
+  persist(true);
   for (const view of views.values()) {
     const on = view.id === id;
     view.panel.hidden = !on;
@@ -187,11 +191,63 @@ function removeView(view) {
     else ui.empty.hidden = false;
   }
   ui.noSessions.hidden = views.size > 0;
+  persist(true);
 }
+
+// -- kept across a reload ---------------------------------------------------------------------
+
+// Sessions the previous page had open, not yet heard from since this page connected: each
+// gets its view at its first event (the replay), or is forgotten if the server no longer
+// has it. Until then they stay kept, in case the page reloads again meanwhile.
+const saved = loadSessions();
+const restoring = new Map(saved.sessions.map((s) => [s.id, s]));
+let persistTimer = null;
+
+/**
+ * Keeps the open sessions' ids, agents and last seqs: now when the set of sessions changes
+ * or the page is going, else soon (a streamed answer moves the seq many times a second).
+ */
+function persist(now = false) {
+  if (!now) {
+    persistTimer ??= setTimeout(() => persist(true), 300);
+    return;
+  }
+  clearTimeout(persistTimer);
+  persistTimer = null;
+  const open = [...views.values()]
+    .filter((view) => !view.ended)
+    .map((view) => ({ id: view.id, agent: view.agent, lastSeq: client.lastSeq(view.id) }));
+  saveSessions([...open, ...restoring.values()], activeId ?? saved.active);
+}
+
+/** The view of a kept session, made at its first event after the reload; null if gone. */
+function restoreView(event) {
+  const kept = restoring.get(event.session_id);
+  restoring.delete(event.session_id);
+  if (event.event === "system.error" && event.metadata?.code === "session_not_found") {
+    const name = kept.agent ? `${kept.agent} session` : "Session";
+    logGlobal("notice", "", "", `${name} ${shortId(kept.id)} is no longer on the server (it ended or expired).`);
+    persist(true);
+    return null;
+  }
+  const view = ensureView(kept.id, kept.agent ?? event.content?.agent, { restored: true });
+  if (!activeId || kept.id === saved.active) activate(kept.id);
+  return view;
+}
+
+// Re-attach from seq 0: the reloaded page has no transcript, so the server replays all it
+// still buffers, then sends agent.session_resumed and asks again what still waits.
+for (const kept of saved.sessions) client.attach(kept.id, { agent: kept.agent, lastSeq: 0 });
 
 // -- wiring ------------------------------------------------------------------------------------
 
 client.on("state", showState);
+client.on("state", ({ state }) => {
+  // The client has just sent user.reconnect for each of its sessions: what comes before
+  // each agent.session_resumed is a replay.
+  if (state !== "connected") return;
+  for (const view of views.values()) if (client.sessions.has(view.id)) view.resuming = true;
+});
 client.on("event", (event) => {
   switch (event.event) {
     case "system.connected":
@@ -202,13 +258,24 @@ client.on("event", (event) => {
       return;
     case "system.heartbeat":
       return;
-    case "agent.session_created":
-      ensureView(event.session_id, event.content?.agent ?? event.metadata?.agent).created(event);
+    case "agent.session_created": {
+      // Also the first event replayed for a kept session, when the server still buffers it.
+      const sid = event.session_id;
+      const view =
+        restoring.has(sid) && !views.has(sid)
+          ? restoreView(event)
+          : ensureView(sid, event.content?.agent ?? event.metadata?.agent);
+      view.created(event);
       return;
+    }
     default:
   }
-  const view = event.session_id ? views.get(event.session_id) : null;
+  const sid = event.session_id;
+  // A kept session's first event makes its view; one the server no longer has is dropped.
+  if (sid && restoring.has(sid) && !views.has(sid) && !restoreView(event)) return;
+  const view = sid ? views.get(sid) : null;
   if (view) {
+    if (Number.isInteger(event.seq)) persist(); // its last seq moved on, or it ended
     view.handle(event);
   } else if (event.event === "system.error") {
     const meta = event.metadata || {};
@@ -246,7 +313,10 @@ ui.retry.addEventListener("click", () => {
 });
 // Leaving the page closes the socket (the server keeps the sessions for a while); coming
 // back from the back/forward cache re-attaches them.
-window.addEventListener("pagehide", () => client.close());
+window.addEventListener("pagehide", () => {
+  persist(true);
+  client.close();
+});
 window.addEventListener("pageshow", (e) => {
   if (e.persisted) client.connect().catch(() => {});
 });

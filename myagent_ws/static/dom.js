@@ -41,6 +41,22 @@ export function formatDuration(ms) {
   return `${(ms / 1000).toFixed(ms < 10000 ? 2 : 1)} s`;
 }
 
+/** The local clock time of an ISO timestamp ("19:42:10"); "" when it is not one. */
+export function clockTime(iso) {
+  const at = iso ? Date.parse(iso) : NaN;
+  if (Number.isNaN(at)) return "";
+  return new Date(at).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+}
+
+/** How long until an ISO timestamp, in words ("4 min 5 s"); "" when passed or unknown. */
+export function timeLeft(iso, now = Date.now()) {
+  const at = iso ? Date.parse(iso) : NaN;
+  const left = Math.ceil((at - now) / 1000);
+  if (Number.isNaN(left) || left <= 0) return "";
+  const minutes = Math.floor(left / 60);
+  return minutes ? `${minutes} min ${left % 60} s` : `${left} s`;
+}
+
 export const asText = (value) => (typeof value === "string" ? value : value == null ? "" : JSON.stringify(value));
 export const shortId = (id) => (id.length > 10 ? `…${id.slice(-6)}` : id);
 

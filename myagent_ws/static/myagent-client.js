@@ -37,6 +37,11 @@
  *   cancel(sessionId)                        user.cancel: stop the running turn
  *   respond(sessionId, stepId, approved, feedback?)   user.response to agent.user_confirm
  *   endSession(sessionId)                    user.end_session
+ *   attach(sessionId, {agent?, lastSeq = 0}) adopt a session this client did not create
+ *                                            (e.g. one a reloaded page kept): it is tracked
+ *                                            like a created one and re-attached with
+ *                                            user.reconnect from lastSeq now if connected,
+ *                                            else once the connection is up (see below)
  *   on(type, fn) -> unsubscribe function     fn(detail); see "Events" below
  *   lastSeq(sessionId) -> highest seq received for the session (0 if none)
  * The fire-and-forget methods (send, cancel, respond, endSession) throw an Error with
@@ -55,14 +60,15 @@
  *
  * Reconnecting: after an unexpected close the client waits (backoff above), opens a new
  * socket and, once `system.connected` arrives, sends `user.reconnect` with
- * `content.last_seq` for every session it knows. The server replays the events the client
- * missed, in order, then answers `agent.session_resumed`. Every session event
- * carries a per-session `seq`; the client keeps the highest one seen per session and drops
- * any event with a seq at or below it, so a replay never delivers an event twice. It
- * acknowledges what it has with `user.ack` (`content.last_seq`) at most every
- * `ackIntervalMs`, so the server can trim its replay buffer. A session the server no longer
- * knows (`system.error` code "session_not_found") or that ended (`agent.session_end`) is
- * forgotten.
+ * `content.last_seq` for every session it knows (created, or adopted with attach()). The
+ * server replays the events the client missed, in order, then answers
+ * `agent.session_resumed`; a confirmation still waiting for an answer is sent again after
+ * it (same step_id, new seq). Every session event carries a per-session `seq`; the client
+ * keeps the highest one seen per session and drops any event with a seq at or below it, so
+ * a replay never delivers an event twice. It acknowledges what it has with `user.ack`
+ * (`content.last_seq`) at most every `ackIntervalMs`, so the server can trim its replay
+ * buffer. A session the server no longer knows (`system.error` code "session_not_found") or
+ * that ended (`agent.session_end`) is forgotten.
  */
 
 const DEFAULT_BACKOFF = { initialMs: 500, maxMs: 15000, factor: 2, jitter: 0.5 };
@@ -260,17 +266,16 @@ export class MyAgentClient extends EventTarget {
     this.agents = Array.isArray(this.info.agents) ? this.info.agents : [];
     this._attempt = 0;
     // Re-attach before anyone can send: frames are handled in order by the server.
-    for (const session of this.sessions.values()) {
-      this._send({
-        event: "user.reconnect",
-        session_id: session.id,
-        content: { last_seq: session.lastSeq },
-      });
-    }
+    for (const session of this.sessions.values()) this._reattach(session);
     this._setState("connected", { reconnected: wasReconnect });
     this._scheduleAck(); // anything received but not acknowledged before the drop
     this._deliver(event);
     for (const waiter of this._waiters.splice(0)) waiter.resolve(this.info);
+  }
+
+  /** user.reconnect from the session's last seq: the server replays what came after it. */
+  _reattach(session) {
+    this._send({ event: "user.reconnect", session_id: session.id, content: { last_seq: session.lastSeq } });
   }
 
   /** Seq bookkeeping for one session event; false drops it (a duplicate). */
@@ -437,6 +442,21 @@ export class MyAgentClient extends EventTarget {
 
   endSession(sessionId) {
     this._sendConnected({ event: "user.end_session", session_id: sessionId });
+  }
+
+  /**
+   * Adopts a session by id, e.g. one a page kept across a reload. From lastSeq 0 the server
+   * replays every event it still buffers for it; events it no longer holds are named in
+   * agent.session_resumed metadata.replay_gap. A session the server no longer has answers
+   * system.error "session_not_found" and is forgotten, like any other. Attaching a session
+   * that is already known does nothing.
+   */
+  attach(sessionId, { agent, lastSeq = 0 } = {}) {
+    if (this.sessions.has(sessionId)) return;
+    const session = { id: sessionId, agent, lastSeq, ackedSeq: lastSeq };
+    this.sessions.set(sessionId, session);
+    // Not connected yet: _onConnected re-attaches every known session, this one included.
+    if (this.state === "connected") this._reattach(session);
   }
 
   // -- helpers --------------------------------------------------------------------------

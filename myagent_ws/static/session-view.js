@@ -1,8 +1,10 @@
 // One session: its tab in the sidebar and its panel (header, transcript, composer), the
 // composer's controls and actions, and the session's server events, dispatched to the
-// transcript. Each turn's contents are drawn by turn-view.js.
+// transcript. Each turn's contents are drawn by turn-view.js, its confirmation cards by
+// confirm-card.js.
 
 import { TERMINAL_EVENTS } from "./myagent-client.js";
+import { Confirmations } from "./confirm-card.js";
 import { alertBox, asText, errorDetails, h, shortId } from "./dom.js";
 import { TurnView } from "./turn-view.js";
 
@@ -12,9 +14,10 @@ const TERMINAL = new Set(TERMINAL_EVENTS);
  * app is what the page gives each session view: client, confirms (a ConfirmDialog),
  * connected(), log(kind, title, code, content, extra), isActive(id), activate(id),
  * remove(view) and mount(view), which puts the tab and panel on the page.
+ * restored: the session was re-attached after the page reloaded.
  */
 export class SessionView {
-  constructor(id, agentName, app) {
+  constructor(id, agentName, app, { restored = false } = {}) {
     this.app = app;
     this.id = id;
     this.agent = agentName || "agent";
@@ -22,6 +25,11 @@ export class SessionView {
     this.ended = false;
     this.turn = null; // the running TurnView
     this.renderPending = false;
+    this.restored = restored;
+    // True from a user.reconnect until its agent.session_resumed: the events in between are
+    // a replay, so questions in it wait for the server to say which still wait for an answer.
+    this.resuming = restored;
+    this.confirms = new Confirmations(this, app.confirms);
 
     this.tabButton = h(
       "button",
@@ -228,6 +236,7 @@ export class SessionView {
         break;
       case "agent.tool_result":
         this.ensureTurn().toolResult(event, meta);
+        this.confirms.result(event);
         break;
       case "agent.partial_answer":
         this.partial(asText(event.content));
@@ -235,9 +244,15 @@ export class SessionView {
       case "agent.final_answer":
         this.ensureTurn().final(asText(event.content));
         break;
-      case "agent.user_confirm":
-        this.ensureTurn().confirm(event, meta, this.app.confirms);
+      case "agent.user_confirm": {
+        const turn = this.ensureTurn();
+        turn.thinking.hidden = true;
+        // Its agent.tool_call may be gone (acknowledged before a reload): draw the tool card
+        // from the question, which names the same tool and arguments.
+        if (event.step_id && !turn.cards.has(event.step_id)) turn.toolCall(event, meta);
+        this.confirms.ask(event, this.resuming);
         break;
+      }
       case "agent.error":
         this.place(alertBox("The turn failed", meta.code, event.content, errorDetails(event)));
         break;
@@ -247,23 +262,32 @@ export class SessionView {
         );
         break;
       case "agent.interrupted":
-        this.ensureTurn().interrupted(event.content);
+        // A message queued behind the stopped turn ends too, without having run.
+        if (meta.queued) this.note(asText(event.content) || "A queued message did not run.", "queued");
+        else this.ensureTurn().interrupted(event.content, meta.reason);
         break;
-      case "agent.session_resumed": {
-        const n = meta.replayed ?? 0;
-        this.note(n ? `Reconnected; ${n} missed event${n === 1 ? "" : "s"} replayed.` : "Reconnected.", "quiet");
+      case "agent.session_resumed":
+        this.resumed(meta);
         break;
-      }
       case "agent.session_end":
+        this.confirms.closeAll("the session ended");
         this.finishTurn();
         this.ended = true;
         this.tabButton.dataset.ended = "true";
-        this.app.confirms.drop(this.id);
         this.note(asText(event.content) || "Session ended.", "end");
         this.updateControls();
         break;
       case "system.error":
-        this.append(alertBox("Request rejected", meta.code, event.content, errorDetails(event)));
+        // An answer to a question that no longer waits: said on that question's card.
+        if (meta.code === "confirm_not_pending" && this.confirms.notPending(event)) break;
+        this.append(
+          alertBox(
+            meta.code === "confirm_not_pending" ? "Your answer was not used" : "Request rejected",
+            meta.code,
+            event.content,
+            errorDetails(event),
+          ),
+        );
         // A refused user.message never started a turn; a turn that is streaming goes on.
         if (this.turn && !this.turn.started) this.finishTurn();
         if (meta.code === "session_not_found") {
@@ -274,12 +298,26 @@ export class SessionView {
         }
         break;
       case "system.notice":
-        this.note(asText(event.content), "quiet");
+        // metadata.queued: the message waits behind the running turn (on_busy=queue).
+        this.note(asText(event.content), meta.queued ? "queued" : "quiet");
         break;
       default:
         break;
     }
     if (TERMINAL.has(event.event)) this.finishTurn();
+  }
+
+  /** agent.session_resumed: the replay is over; say what came back and what still waits. */
+  resumed(meta) {
+    const n = meta.replayed ?? 0;
+    const replayed = n ? `${n} event${n === 1 ? "" : "s"} replayed` : "nothing to replay";
+    const gap = meta.replay_gap;
+    const lost = gap ? ` Events ${gap.from}–${gap.to} are no longer kept by the server, so they are not shown.` : "";
+    const what = this.restored ? "Re-attached after the page reloaded" : "Reconnected";
+    this.note(`${what}; ${replayed}.${lost}`, "quiet");
+    this.restored = false;
+    this.resuming = false;
+    this.confirms.resumed(meta.pending_confirm);
   }
 
   /** Streamed answer text, drawn at most once a frame. */
@@ -294,11 +332,11 @@ export class SessionView {
   }
 
   finishTurn() {
+    this.confirms.closeAll("the turn ended");
     if (this.turn) {
       this.turn.finish();
       this.turn = null;
     }
-    this.app.confirms.drop(this.id, true);
     this.cancelButton.textContent = "Cancel";
     this.setBusy(false);
   }

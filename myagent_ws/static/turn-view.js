@@ -1,6 +1,7 @@
 // One agent turn in a session's transcript: the thinking indicator, tool cards and their
-// results, confirmation cards, alerts and end markers, and the answer as it streams in and
-// settles. Agent text only reaches the page as text nodes or through markdown.js.
+// results, alerts and end markers, and the answer as it streams in and settles. The
+// confirmation cards placed in it are drawn by confirm-card.js. Agent text only reaches
+// the page as text nodes or through markdown.js.
 
 import { renderMarkdown } from "./markdown.js";
 import { asText, formatDuration, formatJson, h } from "./dom.js";
@@ -72,6 +73,14 @@ export class TurnView {
     this.place(card);
   }
 
+  /** Sets a tool card's state (data-status) and its status words, if the card is here. */
+  toolStatus(stepId, status, text) {
+    const entry = this.cards.get(stepId);
+    if (!entry) return;
+    entry.card.dataset.status = status;
+    entry.status.textContent = text;
+  }
+
   toolResult(event, meta) {
     const key = event.step_id || meta.call_id;
     let entry = this.cards.get(key);
@@ -79,10 +88,17 @@ export class TurnView {
       this.toolCall({ step_id: key, content: "" }, { tool: meta.tool, args: {} });
       entry = this.cards.get(key);
     }
-    const ok = meta.status !== "error";
-    entry.card.dataset.status = ok ? "success" : "error";
-    entry.status.textContent = ok ? "done" : "error";
-    entry.duration.textContent = formatDuration(meta.duration_ms);
+    if (meta.status === "rejected") {
+      // Not run: the person declined, or did not answer in time. Its content says so.
+      const why = meta.reason === "timeout" ? "timed out" : meta.reason || "declined";
+      this.toolStatus(key, "rejected", `rejected · ${why}`);
+      entry.card.dataset.reason = meta.reason || "";
+    } else if (meta.status === "error") {
+      this.toolStatus(key, "error", "error");
+    } else {
+      this.toolStatus(key, "success", "done");
+    }
+    entry.duration.textContent = meta.status === "rejected" ? "" : formatDuration(meta.duration_ms);
     entry.result.textContent = asText(event.content);
     entry.result.hidden = false;
     entry.card.querySelector(".result-label").hidden = false;
@@ -122,38 +138,13 @@ export class TurnView {
     this.session.scrollIfNear();
   }
 
-  // -- confirmations and ends
+  // -- ends
 
-  /** A card for an agent.user_confirm, queued on confirms (a ConfirmDialog). */
-  confirm(event, meta, confirms) {
-    this.thinking.hidden = true;
-    const status = h("span", { class: "confirm-status", testid: "confirm-status", text: "waiting for your answer" });
-    const review = h("button", { type: "button", class: "button small", text: "Review", onclick: () => confirms.open(request) });
-    const card = h(
-      "div",
-      { class: "confirm-card", testid: "confirm-card", "data-step-id": event.step_id || "" },
-      h("div", { class: "confirm-line" }, h("strong", { text: `Approve ${meta.tool || "tool"}?` }), status, review),
-      event.content ? h("div", { class: "muted small", text: asText(event.content) }) : null,
-    );
-    const request = {
-      view: this.session,
-      stepId: event.step_id,
-      tool: meta.tool,
-      args: meta.args,
-      question: event.content,
-      card,
-      status,
-      review,
-    };
-    this.place(card);
-    confirms.queue(request);
-  }
-
-  interrupted(content) {
+  interrupted(content, reason) {
     this.place(
       h(
         "div",
-        { class: "turn-end interrupted", testid: "interrupted" },
+        { class: "turn-end interrupted", testid: "interrupted", "data-reason": reason || "" },
         h("strong", { text: "Interrupted" }),
         h("span", { text: asText(content) || "The turn was cancelled." }),
       ),
@@ -165,7 +156,7 @@ export class TurnView {
     this.thinking.remove();
     if (this.answer && this.answer.el.dataset.state === "streaming") this.answer.el.dataset.state = "cut";
     for (const { card, status } of this.cards.values()) {
-      if (card.dataset.status === "running") {
+      if (card.dataset.status === "running" || card.dataset.status === "waiting") {
         card.dataset.status = "stopped";
         status.textContent = "stopped";
       }
