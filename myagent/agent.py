@@ -283,21 +283,27 @@ def _check_confirm_tools(names: Sequence[str], tools: list[BaseTool]) -> frozens
     known = {tool.name for tool in tools}
     for name in names:
         if name not in known:
-            hint = difflib.get_close_matches(str(name), known, n=1)
+            hint = _closest(str(name), known)
             raise ValueError(
                 f"confirm_tools names {name!r}, which is not one of this agent's tools "
                 f"({', '.join(sorted(known)) or 'none'})"
-                + (f"; did you mean {hint[0]!r}?" if hint else ".")
+                + (f"; did you mean {hint!r}?" if hint else ".")
             )
     return frozenset(names)
+
+
+def _closest(word: str, choices: Any) -> str | None:
+    """The choice `word` was most likely meant to be, if any is close."""
+    found = difflib.get_close_matches(word, choices, n=1)
+    return found[0] if found else None
 
 
 def _unknown_options(unknown: dict[str, Any]) -> str:
     """Name each unknown keyword, with the closest real option."""
     parts = []
     for key in unknown:
-        hint = difflib.get_close_matches(key, AGENT_OPTIONS, n=1)
-        parts.append(f"{key!r}" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+        hint = _closest(key, AGENT_OPTIONS)
+        parts.append(f"{key!r}" + (f" (did you mean {hint!r}?)" if hint else ""))
     return f"Unknown agent option {', '.join(parts)}. The options are: {', '.join(AGENT_OPTIONS)}."
 
 

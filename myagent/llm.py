@@ -50,6 +50,11 @@ class ModelReply:
     tool_calls: list[ToolCallRequest] = field(default_factory=list)
 
 
+def new_call_id() -> str:
+    """A unique tool-call id in the form OpenAI uses."""
+    return f"call_{uuid.uuid4().hex[:12]}"
+
+
 class Model(ABC):
     """What the agent talks to. Messages and tools are in OpenAI chat-completions form."""
 
@@ -215,8 +220,9 @@ class OpenAIModel(Model):
                     f"name. Check that MYAGENT_MODEL / --model ({self.model_id}) supports "
                     "tool calling."
                 )
-            call_id = call["id"] or f"call_{uuid.uuid4().hex[:12]}"
-            result.append(ToolCallRequest(call_id, call["name"], call["arguments"]))
+            result.append(
+                ToolCallRequest(call["id"] or new_call_id(), call["name"], call["arguments"])
+            )
         return result
 
     def _error(self, exc: openai.OpenAIError) -> LLMError:

@@ -15,11 +15,10 @@ import inspect
 import json
 import math
 import re
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from .llm import Model, ModelReply, ToolCallRequest
+from .llm import Model, ModelReply, ToolCallRequest, new_call_id
 
 CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 _CJK_CHAR = re.compile(f"[{CJK}]")
@@ -52,11 +51,6 @@ _OPERATOR = re.compile(r"[+*/×÷^]")
 _ARITHMETIC = re.compile(r"[\d)]\s*(?:\*\*|[-+*/%^×÷])\s*[-\d(]")
 _TOKEN = re.compile(rf"[^\W{CJK}]+\s*|.\s*", re.S)
 _PUNCT = " \t\r\n.,!?;:。，！？；：、…\"'“”‘’（）()"
-
-
-def new_call_id() -> str:
-    """A unique tool-call id in the form OpenAI uses."""
-    return f"call_{uuid.uuid4().hex[:12]}"
 
 
 def is_chinese(text: str) -> bool:

@@ -181,11 +181,12 @@ class Connection(Outbound):
             session_id, _, seq_text = event_id.rpartition(":")
             last_seq = int(seq_text)
         session = self.sessions.sessions.get(session_id) if session_id else None
-        cursor = self._cursors.get(session) if session is not None else None
-        if cursor is None or not isinstance(last_seq, int):
-            return
-        cursor.acked = min(max(cursor.acked, last_seq), cursor.sent)
-        session.trim_acknowledged()
+        if (
+            session is not None
+            and isinstance(last_seq, int)
+            and self.acknowledge(session, last_seq)
+        ):
+            session.trim_acknowledged()
 
     async def _on_response(self, message: dict[str, Any]) -> None:
         session = self.sessions.get(message["session_id"], self)

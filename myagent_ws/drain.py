@@ -39,16 +39,13 @@ def _graceful_exit() -> None:
 
 class Drain:
     """One app's shutdown by signal: the first drains, the second stops now, later ones
-    do nothing."""
+    are ignored."""
 
     def __init__(self, app: web.Application) -> None:
         self.app = app
         self.task: asyncio.Task[None] | None = None
-        self.exiting = False
 
     def on_signal(self) -> None:
-        if self.exiting:
-            return
         if self.task is None:
             self.app[READY].clear()
             self.app[SESSIONS].draining = True
@@ -80,16 +77,21 @@ class Drain:
             self._exit(f"no turn running after {took:.1f} s")
 
     def _exit(self, why: str) -> None:
-        """Hand over to aiohttp's shutdown (on_shutdown ends sessions, closes with 1001)."""
-        self.exiting = True
+        """Hand over to aiohttp's shutdown (on_shutdown ends sessions, closes with 1001).
+        From here on SIGTERM and SIGINT are ignored until the process exits: closing the
+        loop would put their default handlers back, and a late signal would then kill a
+        shutdown that is already under way (it is bounded by shutdown_timeout_s)."""
         log.info("Drain over: %s; shutting down.", why)
-        asyncio.get_running_loop().call_soon(_graceful_exit)
+        loop = asyncio.get_running_loop()
+        for sig in SIGNALS:
+            loop.remove_signal_handler(sig)
+            signal.signal(sig, signal.SIG_IGN)
+        loop.call_soon(_graceful_exit)
 
 
 async def handle_signals(app: web.Application) -> None:
-    """on_startup: SIGTERM and SIGINT drain the app. The handlers stay until the event
-    loop closes, so a signal during the rest of the shutdown does nothing. (Where the loop
-    has no signal handlers, Windows, Ctrl-C stops at once as before.)"""
+    """on_startup: SIGTERM and SIGINT drain the app. (Where the loop has no signal
+    handlers, Windows, Ctrl-C stops at once as before.)"""
     drain = Drain(app)
     loop = asyncio.get_running_loop()
     with contextlib.suppress(NotImplementedError):

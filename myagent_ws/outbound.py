@@ -165,6 +165,15 @@ class Outbound:
                 self._drop(f"it stayed behind for {timeout_s:g} s")
                 return
 
+    def acknowledge(self, session: Session, last_seq: int) -> bool:
+        """The client has `session` up to `last_seq` (never past what was sent to it);
+        False if this connection is not attached to it."""
+        cursor = self._cursors.get(session)
+        if cursor is None:
+            return False
+        cursor.acked = min(max(cursor.acked, last_seq), cursor.sent)
+        return True
+
     def acked(self, session: Session) -> int:
         """The highest seq of `session` this client has acknowledged."""
         cursor = self._cursors.get(session)

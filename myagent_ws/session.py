@@ -191,13 +191,7 @@ class Session:
     def start_turn(self, text: str) -> int:
         """Run a turn for `text` now, or as `on_busy` says while one runs. Returns how
         many messages wait before it (0: it runs now)."""
-        if self._manager.draining:
-            raise ProtocolError(
-                "server_draining",
-                "This server is shutting down and starts no new turns; connect again to "
-                "reach a server that is up.",
-                session_id=self.id,
-            )
+        self._manager.refuse_if_draining(self.id)
         if self.busy:
             policy = self._manager.settings.on_busy
             if policy == "queue":

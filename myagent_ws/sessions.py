@@ -61,13 +61,18 @@ class SessionManager:
         except Exception:
             log.exception("event observer failed")
 
-    async def create(self, agent_name: str | None, connection: Reader) -> Session:
+    def refuse_if_draining(self, session_id: str | None = None) -> None:
+        """server_draining for new sessions and turns once a drain has begun."""
         if self.draining:
             raise ProtocolError(
                 "server_draining",
-                "This server is shutting down and takes no new sessions; connect again "
-                "to reach a server that is up.",
+                "This server is shutting down and takes no new sessions or turns; connect "
+                "again to reach a server that is up.",
+                session_id=session_id,
             )
+
+    async def create(self, agent_name: str | None, connection: Reader) -> Session:
+        self.refuse_if_draining()
         spec = self.registry.resolve(agent_name)
         self._check_room(connection)
         try:
@@ -183,11 +188,12 @@ class SessionManager:
         if session.closed:
             return
         session.closed = True
-        session.stop(f"the session ended ({detail or reason}).", reason)
+        detail = detail or reason
+        session.stop(f"the session ended ({detail}).", reason)
         session.emit(
             make_event(
                 "agent.session_end",
-                content=f"Session ended ({detail or reason}).",
+                content=f"Session ended ({detail}).",
                 metadata={"reason": reason},
             )
         )
