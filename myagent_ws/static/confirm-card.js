@@ -14,9 +14,9 @@ import { asText, clockTime, h } from "./dom.js";
  * The dialog reads session, stepId, tool, args, question and expiresAt.
  */
 export class ConfirmCard {
-  constructor(event, session, dialog) {
+  constructor(event, session) {
     this.session = session; // the SessionView
-    this.dialog = dialog;
+    this.dialog = session.app.confirms;
     this.stepId = event.step_id;
     this.answer = null; // {approved, feedback} once answered on this page
     this.resent = false;
@@ -28,7 +28,7 @@ export class ConfirmCard {
       class: "button small",
       testid: "confirm-review",
       text: "Review",
-      onclick: () => this.ask(true),
+      onclick: () => this.ask(),
     });
     this.text = h("div", { class: "muted small", testid: "confirm-text" });
     this.deadline = h("div", { class: "muted small", testid: "confirm-deadline" });
@@ -82,11 +82,9 @@ export class ConfirmCard {
     this.detail.hidden = false;
   }
 
-  /** Queues it in the dialog while it waits (now: shown at once, e.g. from Review). */
-  ask(now = false) {
-    if (this.state !== "waiting") return;
-    this.dialog.queue(this);
-    if (now) this.dialog.open(this);
+  /** Queues it in the dialog while it waits (shown at once if nothing else is, e.g. from Review). */
+  ask() {
+    if (this.state === "waiting") this.dialog.queue(this);
   }
 
   /** The dialog shows it: show its session and the card too, so the question has context. */
@@ -172,16 +170,15 @@ export class ConfirmCard {
 
 /** The cards of one session, by step id. */
 export class Confirmations {
-  constructor(session, dialog) {
+  constructor(session) {
     this.session = session;
-    this.dialog = dialog;
     this.cards = new Map();
   }
 
   /**
    * agent.user_confirm. A known step reuses its card, and a step already answered is not
-   * asked again. hold: a replay is under way, so the dialog waits for
-   * agent.session_resumed, which says what still waits (see resumed()).
+   * asked again. hold: a replay is under way, so the dialog waits: agent.session_resumed
+   * says what still waits (see resumed()), and the server then asks each of those again.
    */
   ask(event, hold = false) {
     const key = event.step_id ?? event.event_id;
@@ -189,7 +186,7 @@ export class Confirmations {
     if (card) {
       card.update(event);
     } else {
-      card = new ConfirmCard(event, this.session, this.dialog);
+      card = new ConfirmCard(event, this.session);
       this.cards.set(key, card);
       this.session.place(card.card);
     }
@@ -215,21 +212,16 @@ export class Confirmations {
   }
 
   /**
-   * agent.session_resumed, after the replay. pending is its metadata.pending_confirm (older
-   * servers send none: then every waiting card is asked). A waiting card the server no
-   * longer waits for was answered elsewhere; one answered here that it still waits for lost
-   * its answer on the way.
+   * agent.session_resumed, after the replay. pending is its metadata.pending_confirm; the
+   * server asks each of those again right after it, which asks a waiting card. A waiting card
+   * the server no longer waits for was answered elsewhere; one answered here that it still
+   * waits for lost its answer on the way.
    */
-  resumed(pending) {
-    const known = Array.isArray(pending);
+  resumed(pending = []) {
     for (const card of this.cards.values()) {
-      const waits = !known || pending.includes(card.stepId);
-      if (card.state === "waiting") {
-        if (waits) card.ask();
-        else card.answeredElsewhere();
-      } else if (card.state === "sent" && known && waits) {
-        card.resend();
-      }
+      const waits = pending.includes(card.stepId);
+      if (card.state === "waiting" && !waits) card.answeredElsewhere();
+      else if (card.state === "sent" && waits) card.resend();
     }
   }
 }

@@ -3,7 +3,7 @@
 // how long is left. A request is a ConfirmCard (confirm-card.js), which sends the answer
 // and shows what became of it; the dialog only asks.
 
-import { asText, clockTime, formatJson, shortId, testid, timeLeft } from "./dom.js";
+import { clockTime, formatJson, shortId, testid, timeLeft } from "./dom.js";
 
 export class ConfirmDialog {
   constructor(dialog, { log }) {
@@ -28,16 +28,15 @@ export class ConfirmDialog {
     if (!this.shown) this.open(request);
   }
 
+  /** Fills the dialog with a request and opens it; only when nothing is shown (the dialog is
+   * modal, so no other card's Review button can be pressed while it is open). */
   open(request) {
-    if (!this.pending.includes(request)) return;
-    // The dialog is modal, so another card's Review button cannot be pressed while it is
-    // open: showing a request only ever replaces the contents of a closed dialog.
     this.shown = request;
     request.reveal();
     const { session, tool } = request;
     this.dialog.dataset.stepId = request.stepId || "";
     this.dialog.dataset.sessionId = session.id;
-    this.parts.question.textContent = asText(request.question) || `The agent wants to run ${tool || "a tool"}.`;
+    this.parts.question.textContent = request.question || `The agent wants to run ${tool || "a tool"}.`;
     this.parts.where.textContent = `${session.agent} · session ${shortId(session.id)} · tool ${tool || "?"}`;
     this.parts.args.textContent = formatJson(request.args);
     this.parts.feedback.value = "";

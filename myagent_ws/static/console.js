@@ -161,14 +161,14 @@ function ensureView(id, agentName, options) {
     view = new SessionView(id, agentName, app, options);
     views.set(id, view);
     ui.noSessions.hidden = true;
-    persist(true);
+    persist();
   }
   return view;
 }
 
 function activate(id) {
   activeId = id;
-  persist(true);
+  persist();
   for (const view of views.values()) {
     const on = view.id === id;
     view.panel.hidden = !on;
@@ -191,7 +191,7 @@ function removeView(view) {
     else ui.empty.hidden = false;
   }
   ui.noSessions.hidden = views.size > 0;
-  persist(true);
+  persist();
 }
 
 // -- kept across a reload ---------------------------------------------------------------------
@@ -201,22 +201,10 @@ function removeView(view) {
 // has it. Until then they stay kept, in case the page reloads again meanwhile.
 const saved = loadSessions();
 const restoring = new Map(saved.sessions.map((s) => [s.id, s]));
-let persistTimer = null;
 
-/**
- * Keeps the open sessions' ids, agents and last seqs: now when the set of sessions changes
- * or the page is going, else soon (a streamed answer moves the seq many times a second).
- */
-function persist(now = false) {
-  if (!now) {
-    persistTimer ??= setTimeout(() => persist(true), 300);
-    return;
-  }
-  clearTimeout(persistTimer);
-  persistTimer = null;
-  const open = [...views.values()]
-    .filter((view) => !view.ended)
-    .map((view) => ({ id: view.id, agent: view.agent, lastSeq: client.lastSeq(view.id) }));
+/** Keeps the open sessions and the shown one; called whenever either changes. */
+function persist() {
+  const open = [...views.values()].filter((view) => !view.ended).map((view) => ({ id: view.id, agent: view.agent }));
   saveSessions([...open, ...restoring.values()], activeId ?? saved.active);
 }
 
@@ -227,7 +215,7 @@ function restoreView(event) {
   if (event.event === "system.error" && event.metadata?.code === "session_not_found") {
     const name = kept.agent ? `${kept.agent} session` : "Session";
     logGlobal("notice", "", "", `${name} ${shortId(kept.id)} is no longer on the server (it ended or expired).`);
-    persist(true);
+    persist();
     return null;
   }
   const view = ensureView(kept.id, kept.agent ?? event.content?.agent, { restored: true });
@@ -237,18 +225,16 @@ function restoreView(event) {
 
 // Re-attach from seq 0: the reloaded page has no transcript, so the server replays all it
 // still buffers, then sends agent.session_resumed and asks again what still waits.
-for (const kept of saved.sessions) client.attach(kept.id, { agent: kept.agent, lastSeq: 0 });
+for (const kept of saved.sessions) client.attach(kept.id, { agent: kept.agent });
 
 // -- wiring ------------------------------------------------------------------------------------
 
 client.on("state", showState);
-client.on("state", ({ state }) => {
-  // The client has just sent user.reconnect for each of its sessions: what comes before
-  // each agent.session_resumed is a replay.
-  if (state !== "connected") return;
-  for (const view of views.values()) if (client.sessions.has(view.id)) view.resuming = true;
-});
 client.on("event", (event) => {
+  const sid = event.session_id;
+  // A kept session's first event (its replay) makes its view; one the server no longer has
+  // is dropped.
+  if (restoring.has(sid) && !restoreView(event)) return;
   switch (event.event) {
     case "system.connected":
       onConnected(event);
@@ -258,25 +244,16 @@ client.on("event", (event) => {
       return;
     case "system.heartbeat":
       return;
-    case "agent.session_created": {
-      // Also the first event replayed for a kept session, when the server still buffers it.
-      const sid = event.session_id;
-      const view =
-        restoring.has(sid) && !views.has(sid)
-          ? restoreView(event)
-          : ensureView(sid, event.content?.agent ?? event.metadata?.agent);
-      view.created(event);
+    case "agent.session_created":
+      ensureView(sid, event.content?.agent ?? event.metadata?.agent).created(event);
       return;
-    }
     default:
   }
-  const sid = event.session_id;
-  // A kept session's first event makes its view; one the server no longer has is dropped.
-  if (sid && restoring.has(sid) && !views.has(sid) && !restoreView(event)) return;
   const view = sid ? views.get(sid) : null;
   if (view) {
-    if (Number.isInteger(event.seq)) persist(); // its last seq moved on, or it ended
+    const ended = view.ended;
     view.handle(event);
+    if (view.ended !== ended) persist(); // a reload need not re-attach it
   } else if (event.event === "system.error") {
     const meta = event.metadata || {};
     logGlobal("error", "The server refused a request", meta.code, event.content, errorDetails(event));
@@ -313,10 +290,7 @@ ui.retry.addEventListener("click", () => {
 });
 // Leaving the page closes the socket (the server keeps the sessions for a while); coming
 // back from the back/forward cache re-attaches them.
-window.addEventListener("pagehide", () => {
-  persist(true);
-  client.close();
-});
+window.addEventListener("pagehide", () => client.close());
 window.addEventListener("pageshow", (e) => {
   if (e.persisted) client.connect().catch(() => {});
 });

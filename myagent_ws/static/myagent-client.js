@@ -44,12 +44,15 @@
  *                                            else once the connection is up (see below)
  *   on(type, fn) -> unsubscribe function     fn(detail); see "Events" below
  *   lastSeq(sessionId) -> highest seq received for the session (0 if none)
+ *   replaying(sessionId) -> true from its user.reconnect until its agent.session_resumed:
+ *                                            the events in between are a replay
  * The fire-and-forget methods (send, cancel, respond, endSession) throw an Error with
  * code "not_connected" when the socket is not connected; the promise methods reject.
  *
  * Properties: state ("idle" | "connecting" | "connected" | "reconnecting" | "offline"),
  * info (metadata of the last system.connected), agents (names from system.connected),
- * agentDetails (the last system.agents content), sessions (Map id -> {id, agent, lastSeq}).
+ * agentDetails (the last system.agents content), sessions (Map id -> {id, agent, lastSeq,
+ * replaying}).
  *
  * Events (the client is an EventTarget; listeners get a CustomEvent whose `detail` is the
  * payload, `on()` passes the payload directly):
@@ -275,6 +278,7 @@ export class MyAgentClient extends EventTarget {
 
   /** user.reconnect from the session's last seq: the server replays what came after it. */
   _reattach(session) {
+    session.replaying = true; // until its agent.session_resumed
     this._send({ event: "user.reconnect", session_id: session.id, content: { last_seq: session.lastSeq } });
   }
 
@@ -317,6 +321,9 @@ export class MyAgentClient extends EventTarget {
         this.agentDetails = Array.isArray(event.content) ? event.content : [];
         for (const pending of this._lists.splice(0)) pending.resolve(this.agentDetails);
         this._clearTimers(this._lists);
+        break;
+      case "agent.session_resumed":
+        if (this.sessions.has(sid)) this.sessions.get(sid).replaying = false;
         break;
       case "agent.session_end":
         this.sessions.delete(sid);
@@ -469,6 +476,10 @@ export class MyAgentClient extends EventTarget {
 
   lastSeq(sessionId) {
     return this.sessions.get(sessionId)?.lastSeq ?? 0;
+  }
+
+  replaying(sessionId) {
+    return this.sessions.get(sessionId)?.replaying ?? false;
   }
 }
 

@@ -1,15 +1,12 @@
 // Which sessions this tab has open, kept in sessionStorage so that a reload can re-attach
-// them: each session's id, agent name and last seq, and which one was shown. Only these
-// facts are kept, never the transcript: after a reload the server replays what it still
-// buffers. sessionStorage is per tab, so a second tab starts with no sessions.
-//
-// lastSeq is what the page had received. The console re-attaches from 0 all the same,
-// since the reloaded page has no transcript to add to; the seq is kept for a restore that
-// does keep one (a later change).
+// them: each session's id and agent name, and which one was shown. Only these facts are
+// kept, never the transcript: after a reload the page re-attaches from seq 0 and the server
+// replays what it still buffers. sessionStorage is per tab, so a second tab starts with no
+// sessions.
 
 const KEY = "myagent-console.sessions.v1";
 
-/** {sessions: [{id, agent, lastSeq}], active}; empty when nothing (or nothing valid) is kept. */
+/** {sessions: [{id, agent}], active}; empty when nothing (or nothing valid) is kept. */
 export function loadSessions(storage = globalThis.sessionStorage) {
   try {
     const saved = JSON.parse(storage?.getItem(KEY) || "null");
@@ -17,11 +14,7 @@ export function loadSessions(storage = globalThis.sessionStorage) {
     return {
       sessions: sessions
         .filter((s) => s && typeof s.id === "string" && s.id)
-        .map((s) => ({
-          id: s.id,
-          agent: typeof s.agent === "string" ? s.agent : undefined,
-          lastSeq: Number.isInteger(s.lastSeq) && s.lastSeq > 0 ? s.lastSeq : 0,
-        })),
+        .map((s) => ({ id: s.id, agent: typeof s.agent === "string" ? s.agent : undefined })),
       active: typeof saved?.active === "string" ? saved.active : null,
     };
   } catch {

@@ -26,10 +26,7 @@ export class SessionView {
     this.turn = null; // the running TurnView
     this.renderPending = false;
     this.restored = restored;
-    // True from a user.reconnect until its agent.session_resumed: the events in between are
-    // a replay, so questions in it wait for the server to say which still wait for an answer.
-    this.resuming = restored;
-    this.confirms = new Confirmations(this, app.confirms);
+    this.confirms = new Confirmations(this);
 
     this.tabButton = h(
       "button",
@@ -250,7 +247,8 @@ export class SessionView {
         // Its agent.tool_call may be gone (acknowledged before a reload): draw the tool card
         // from the question, which names the same tool and arguments.
         if (event.step_id && !turn.cards.has(event.step_id)) turn.toolCall(event, meta);
-        this.confirms.ask(event, this.resuming);
+        // A question in a replay waits for agent.session_resumed to say whether it still waits.
+        this.confirms.ask(event, this.app.client.replaying(this.id));
         break;
       }
       case "agent.error":
@@ -316,7 +314,6 @@ export class SessionView {
     const what = this.restored ? "Re-attached after the page reloaded" : "Reconnected";
     this.note(`${what}; ${replayed}.${lost}`, "quiet");
     this.restored = false;
-    this.resuming = false;
     this.confirms.resumed(meta.pending_confirm);
   }
 
