@@ -309,9 +309,8 @@ async def run_chaos(
     app = create_app(Settings(host="127.0.0.1", port=0), registry, model=OfflineModel())
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    url = f"ws://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/"  # type: ignore[union-attr]
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    url = f"ws://127.0.0.1:{runner.addresses[0][1]}/"
     deadline = time.monotonic() + max_seconds
     try:
         async with aiohttp.ClientSession() as http:

@@ -154,17 +154,11 @@ async def completions(request: web.Request) -> web.StreamResponse:
     return resp
 
 
-async def models(request: web.Request) -> web.Response:
-    body = {"object": "list", "data": [{"id": "fake", "object": "model"}]}
-    return web.Response(body=orjson.dumps(body), content_type="application/json")
-
-
 async def serve(options: argparse.Namespace) -> None:
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app[OPTIONS] = options
     app[CLOCK] = Clock()
     app.router.add_post("/v1/chat/completions", completions)
-    app.router.add_get("/v1/models", models)
     await serve_until_signal(app, options.host, options.port, shutdown_timeout=1.0)
 
 

@@ -32,11 +32,16 @@ TERMINAL = frozenset({"agent.final_answer", "agent.error", "agent.timeout", "age
 STAMP = re.compile(r"t(\d{10}) ")
 STAMP_MOD = 10**10
 CONNECT_CONCURRENCY = 200
+CONNECT_TIMEOUT_S = 180.0
 HANDSHAKE_TIMEOUT_S = 30.0
 TURN_TIMEOUT_S = 120.0
 MAX_FRAMES_PER_CONNECTION = 1_000_000
 MAX_HANDSHAKE_FRAMES = 100
 CLOSE_TIMEOUT_S = 20.0
+# hold_idle: a connection counts as held if still open this long after the connect phase;
+# it is held at most HOLD_TIMEOUT_S.
+SETTLE_S = 1.0
+HOLD_TIMEOUT_S = 600.0
 # Frames as bytes, straight to orjson (no str decode), where this aiohttp has the option.
 WS_OPTIONS: dict[str, Any] = (
     {"decode_text": False}
@@ -255,21 +260,17 @@ async def _open(
 
 
 async def open_clients(
-    http: aiohttp.ClientSession,
-    url: str,
-    connections: int,
-    stats: Stats,
-    concurrency: int = CONNECT_CONCURRENCY,
-    timeout_s: float = 180.0,
+    http: aiohttp.ClientSession, url: str, connections: int, stats: Stats
 ) -> list[Client]:
-    """Connects and creates sessions, `concurrency` handshakes at once; drops the failures."""
-    gate = asyncio.Semaphore(concurrency)
+    """Connects and creates sessions, CONNECT_CONCURRENCY handshakes at once; drops the
+    failures."""
+    gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
     tasks = [asyncio.create_task(_open(http, url, stats, gate)) for _ in range(connections)]
-    done, pending = await asyncio.wait(tasks, timeout=timeout_s)
+    done, pending = await asyncio.wait(tasks, timeout=CONNECT_TIMEOUT_S)
     for task in pending:
         task.cancel()
     if pending:
-        stats.error(f"connect phase timed out after {timeout_s} s: {len(pending)} pending")
+        stats.error(f"connect phase timed out after {CONNECT_TIMEOUT_S} s: {len(pending)} pending")
         await asyncio.wait(pending, timeout=5)
     return [c for t in done if not t.cancelled() and (c := t.result()) is not None]
 
@@ -303,7 +304,6 @@ async def run_turns(
     ramp_s: float = 0.0,
     on_ready: Callable[[], None] | None = None,
     on_done: Callable[[], None] | None = None,
-    connect_concurrency: int = CONNECT_CONCURRENCY,
 ) -> dict[str, Any]:
     """N connections with a session each, then M turns each (at most `concurrent` in flight).
 
@@ -315,11 +315,10 @@ async def run_turns(
     (connections still open), then close. The callbacks let a caller sample the server's
     CPU and memory around the turn phase alone.
     """
-    raise_open_files()
     stats = Stats()
     async with _session() as http:
         t0 = time.perf_counter()
-        clients = await open_clients(http, url, connections, stats, connect_concurrency)
+        clients = await open_clients(http, url, connections, stats)
         t1 = time.perf_counter()
         try:
             if on_ready is not None:
@@ -383,24 +382,20 @@ async def hold_idle(
     connections: int,
     on_held: Callable[[dict[str, Any]], None] | None = None,
     release: asyncio.Event | None = None,
-    hold_timeout_s: float = 600.0,
-    settle_s: float = 1.0,
-    connect_concurrency: int = CONNECT_CONCURRENCY,
 ) -> dict[str, Any]:
     """Opens N connections with a session each and keeps them open, reading, until
     `release` is set (or at once after `on_held(report)` when there is no `release`).
 
-    Held = connected, session created, and still open after `settle_s`: a server that
+    Held = connected, session created, and still open after SETTLE_S: a server that
     accepts and then drops connections does not count them.
     """
-    raise_open_files()
     stats = Stats()
     async with _session() as http:
         t0 = time.perf_counter()
-        clients = await open_clients(http, url, connections, stats, connect_concurrency)
+        clients = await open_clients(http, url, connections, stats)
         connect_s = time.perf_counter() - t0
         try:
-            await asyncio.sleep(settle_s)
+            await asyncio.sleep(SETTLE_S)
             report = {
                 "connections": connections,
                 "sessions": len(clients),
@@ -412,13 +407,14 @@ async def hold_idle(
                 on_held(report)
             if release is not None:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(release.wait(), hold_timeout_s)
+                    await asyncio.wait_for(release.wait(), HOLD_TIMEOUT_S)
         finally:
             await close_clients(clients)
     return report
 
 
 async def _main(args: argparse.Namespace) -> dict[str, Any]:
+    raise_open_files()  # bench/run.py raises its own (its children inherit it)
     if args.idle:
         release = asyncio.Event()
         if args.hold_s > 0:

@@ -199,8 +199,8 @@ async def stream_reply(
                     text.append(content)
                     await session.partial(content, step)
                 for part in delta.get("tool_calls") or ():
-                    call = calls.setdefault(part.get("index") or 0, {"id": "", "name": ""})
-                    call.setdefault("arguments", "")
+                    empty = {"id": "", "name": "", "arguments": ""}
+                    call = calls.setdefault(part.get("index") or 0, empty)
                     call["id"] = call["id"] or part.get("id") or ""
                     function = part.get("function") or {}
                     call["name"] = call["name"] or function.get("name") or ""

@@ -272,14 +272,14 @@ async def run_case(scenario: str, server: str, sizes: Sizes, logdir: Path) -> di
     started = time.perf_counter()
     children: list[Child] = []
     try:
-        llm_url = None
+        llm_url, fake_pid = None, None
         if scenario in ("instant", "realistic"):
             fake, llm_url = await start_fake(scenario, sizes, logdir, tag)
             children.append(fake)
+            fake_pid = fake.pid
         srv, url = await start_server(server, llm_url, sizes, logdir, tag)
         children.append(srv)
         pid = srv.pid
-        fake_pid = children[0].pid if len(children) > 1 else None
         marks: dict[str, float] = {"rss0": rss_bytes(pid)}
 
         def sample(n: int) -> None:
@@ -301,7 +301,6 @@ async def run_case(scenario: str, server: str, sizes: Sizes, logdir: Path) -> di
             res = await load.hold_idle(
                 url, sizes.idle_connections, on_held=lambda _: done(), release=None
             )
-            res.setdefault("turns_done", 0)
         else:
             sessions = sizes.sessions if scenario != "realistic" else sizes.realistic_sessions
             turns = sizes.turns if scenario != "realistic" else 1
@@ -340,7 +339,6 @@ async def run_case(scenario: str, server: str, sizes: Sizes, logdir: Path) -> di
         cpu_ms_per_event=_div(cpu_ms, res.get("events")),
         cpu_ms_per_token=_div(cpu_ms, (res.get("routing_ms") or {}).get("tokens")),
         rss_before_mb=marks["rss0"] / 2**20,
-        rss_after_mb=marks.get("rss1", 0) / 2**20,
         rss_kb_per_session=_div((marks.get("rss1", 0) - marks["rss0"]) / 1024, held),
         seq_errors=sum((res.get("seq") or {}).values()),
     )
@@ -615,9 +613,9 @@ def report(
     for scenario, pair in results.items():
         rows = scenario_rows(pair)
         walls = ", ".join(f"{s} {pair[s]['wall_s']} s" for s in SERVERS if s in pair)
-        title = f"{scenario}: {describe(scenario, sizes)} (wall: {walls})"
-        text += ["", "== " + title, text_table(rows, header)]
-        md += ["", f"## {scenario}", "", describe(scenario, sizes) + f"; wall time {walls}.", ""]
+        described = describe(scenario, sizes)
+        text += ["", f"== {scenario}: {described} (wall: {walls})", text_table(rows, header)]
+        md += ["", f"## {scenario}", "", f"{described}; wall time {walls}.", ""]
         md.append(md_table(rows, header))
         if scenario == "instant" and "myagent-ws" in pair:
             note = (

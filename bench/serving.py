@@ -14,17 +14,14 @@ from typing import Any
 from aiohttp import web
 
 
-def raise_open_files() -> int:
+def raise_open_files() -> None:
     """10,000 sockets need more descriptors than the usual soft limit of 1,024: raise it
-    to the hard limit; the limit now in force."""
+    to the hard limit (2**20 when that is unlimited)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = hard if hard != resource.RLIM_INFINITY else 1 << 20
-    if soft == resource.RLIM_INFINITY or soft >= target:
-        return soft
-    with contextlib.suppress(ValueError, OSError):
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        return target
-    return soft
+    if soft != resource.RLIM_INFINITY and soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
 async def serve_until_signal(
