@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from typing import Any
 
 from myagent import (
@@ -38,6 +39,11 @@ class WaitTool(BaseTool):
         self.entered(key).set()
         await self.gate(key).wait()
         return ToolResult(output=f"gate {key} opened")
+
+
+def key() -> str:
+    """A gate name no other test uses (WaitTool's gates are shared by the whole class)."""
+    return uuid.uuid4().hex
 
 
 def _calls_tool_once(tool: str, args_from_text: Any) -> FunctionModel:

@@ -75,11 +75,13 @@ def serve(aiohttp_server: Any) -> Callable[..., Any]:
 
 @pytest.fixture
 async def connect() -> Any:
-    """connect(server) -> a WsClient that has already received system.connected."""
+    """connect(server, **ws_connect_options) -> a WsClient that has already received
+    system.connected. `server` is a TestServer from `serve` or a CliServer from `cli_server`."""
     async with aiohttp.ClientSession() as http:
 
-        async def open_client(server: Any, path: str = "/") -> WsClient:
-            ws = await http.ws_connect(server.make_url(path))
+        async def open_client(server: Any, path: str = "/", **options: Any) -> WsClient:
+            url = server.make_url(path) if hasattr(server, "make_url") else server.url + path
+            ws = await http.ws_connect(url, **options)
             client = WsClient(ws)
             first = await client.recv()
             assert first["event"] == "system.connected"

@@ -16,7 +16,7 @@ import pytest
 from myagent import BaseTool, create_react_agent
 from myagent.offline import OfflineModel
 from myagent_ws.keys import SESSIONS
-from tests.client import TERMINAL, WsClient, names
+from tests.client import WsClient, names
 from tests.conftest import EXAMPLES
 
 BOOKING = str(EXAMPLES / "booking_agent.py")
@@ -41,6 +41,13 @@ async def ask(client: WsClient, text: str = ASK) -> tuple[str, dict[str, Any]]:
 
 def respond(sid: str, step_id: str, **content: Any) -> dict[str, Any]:
     return {"event": "user.response", "session_id": sid, "step_id": step_id, "content": content}
+
+
+def error_codes(*clients: WsClient) -> list[str]:
+    """The codes of every system.error these clients have received so far."""
+    return [
+        e["metadata"]["code"] for c in clients for e in c.received if e["event"] == "system.error"
+    ]
 
 
 async def test_approved_call_runs_once_and_the_turn_answers(serve, connect):
@@ -166,12 +173,8 @@ async def test_a_repeated_approval_runs_the_tool_once(serve, connect):
     answer = respond(sid, confirm["step_id"], approved=True)
     await client.send(answer)
     await client.send(answer)
-    events, errors = [], []
-    async with asyncio.timeout(10):
-        while not events or events[-1]["event"] not in TERMINAL:
-            event = await client.recv()
-            (errors if event["event"] == "system.error" else events).append(event)
-    assert [e["metadata"]["code"] for e in errors] == ["confirm_not_pending"]
+    events = await client.until_terminal(sid)
+    assert error_codes(client) == ["confirm_not_pending"]
     assert events[-1]["event"] == "agent.final_answer"
     assert len(bookings(server, sid)) == 1
     # The connection and the session go on.
@@ -192,8 +195,7 @@ async def test_two_connections_approving_at_once_run_the_tool_once(serve, connec
     )
     ends = await asyncio.gather(first.until_terminal(sid), second.until_terminal(sid))
     assert all(events[-1]["event"] == "agent.final_answer" for events in ends)
-    refused = [e for c in (first, second) for e in c.received if e["event"] == "system.error"]
-    assert [e["metadata"]["code"] for e in refused] == ["confirm_not_pending"]
+    assert error_codes(first, second) == ["confirm_not_pending"]
     assert len(bookings(server, sid)) == 1
 
 
@@ -227,7 +229,7 @@ async def test_an_approval_racing_a_cancel_runs_the_tool_at_most_once(serve, con
     await client.expect("system.agents")
     ran = [e for e in events if e["event"] == "agent.tool_result"]
     assert len(bookings(server, sid)) == len(ran) <= 1
-    codes = [e["metadata"]["code"] for e in client.received if e["event"] == "system.error"]
+    codes = error_codes(client)
     if first == "cancel":
         assert names(events) == ["agent.interrupted"] and not ran
         assert codes == ["confirm_not_pending"]

@@ -16,16 +16,10 @@ import aiohttp
 import pytest
 
 from myagent_ws.protocol import Protocol
-from tests.client import WsClient
+from tests.client import WsClient, names
 
 SLOW = str(Path(__file__).resolve().parent / "fixtures" / "slow_agent.py")
 _protocol = Protocol()
-
-
-async def open_session(http: aiohttp.ClientSession, url: str) -> tuple[WsClient, str]:
-    client = WsClient(await http.ws_connect(url))
-    assert (await client.recv())["event"] == "system.connected"
-    return client, await client.create_session()
 
 
 async def start_turn(client: WsClient, sid: str, text: str) -> None:
@@ -67,14 +61,13 @@ async def exit_status(server: Any, timeout: float = 20.0) -> int:
     return await asyncio.to_thread(server.proc.wait, timeout)
 
 
-def tail(events: list[dict[str, Any]]) -> list[str]:
-    return [e["event"] for e in events]
-
-
-async def test_sigterm_lets_a_running_turn_finish_then_ends_sessions_and_exits_0(cli_server):
+async def test_sigterm_lets_a_running_turn_finish_then_ends_sessions_and_exits_0(
+    cli_server, connect
+):
     server = cli_server(SLOW)  # the default drain_timeout_s, 30 s
+    client = await connect(server)
+    sid = await client.create_session()
     async with aiohttp.ClientSession() as http:
-        client, sid = await open_session(http, server.url)
         await start_turn(client, sid, "sleep 3")
         signalled = time.monotonic()
         server.proc.send_signal(signal.SIGTERM)
@@ -82,8 +75,7 @@ async def test_sigterm_lets_a_running_turn_finish_then_ends_sessions_and_exits_0
         await wait_until_not_ready(http, server.http)
         async with http.get(server.http + "/health") as health:
             assert health.status == 200 and (await health.json())["status"] == "ok"
-        late = WsClient(await http.ws_connect(server.url))  # still listening
-        assert (await late.recv())["event"] == "system.connected"
+        late = await connect(server)  # still listening
         await late.send({"event": "user.create_session"})
         refused = await late.error("server_draining")
         assert "shutting down" in refused["content"] and "connect again" in refused["content"]
@@ -92,7 +84,7 @@ async def test_sigterm_lets_a_running_turn_finish_then_ends_sessions_and_exits_0
         assert time.monotonic() - signalled < 3, "the checks above must run during the turn"
 
         events, code = await until_closed(client, sid)
-        assert tail(events) == ["agent.final_answer", "agent.session_end"], events
+        assert names(events) == ["agent.final_answer", "agent.session_end"], events
         assert events[0]["content"] == "slept 3 s"
         assert events[1]["metadata"]["reason"] == "shutdown"
         assert code == aiohttp.WSCloseCode.GOING_AWAY
@@ -108,16 +100,16 @@ async def test_sigterm_lets_a_running_turn_finish_then_ends_sessions_and_exits_0
     print(f"SIGTERM to exit: {took:.2f} s (turn of 3 s)")
 
 
-async def test_a_turn_longer_than_the_drain_is_interrupted_when_it_ends(cli_server):
+async def test_a_turn_longer_than_the_drain_is_interrupted_when_it_ends(cli_server, connect):
     server = cli_server(SLOW, "--drain-timeout-s", "1")
-    async with aiohttp.ClientSession() as http:
-        client, sid = await open_session(http, server.url)
-        await start_turn(client, sid, "sleep 60")
-        signalled = time.monotonic()
-        server.proc.send_signal(signal.SIGTERM)
-        events, code = await until_closed(client, sid)
-        closed = time.monotonic() - signalled
-    assert tail(events) == ["agent.interrupted", "agent.session_end"], events
+    client = await connect(server)
+    sid = await client.create_session()
+    await start_turn(client, sid, "sleep 60")
+    signalled = time.monotonic()
+    server.proc.send_signal(signal.SIGTERM)
+    events, code = await until_closed(client, sid)
+    closed = time.monotonic() - signalled
+    assert names(events) == ["agent.interrupted", "agent.session_end"], events
     assert events[1]["metadata"]["reason"] == "shutdown"
     assert code == aiohttp.WSCloseCode.GOING_AWAY
     assert await exit_status(server) == 0
@@ -129,18 +121,30 @@ async def test_a_turn_longer_than_the_drain_is_interrupted_when_it_ends(cli_serv
     print(f"SIGTERM to close: {closed:.2f} s, to exit: {took:.2f} s (drain 1 s, turn 60 s)")
 
 
-async def test_a_second_signal_skips_the_wait(cli_server):
+async def keep_signalling(proc: Any, sig: int, count: int = 2500) -> None:
+    """Send `sig` every 2 ms until the process exits (at most `count` times)."""
+    for _ in range(count):
+        if proc.poll() is not None:
+            return
+        proc.send_signal(sig)
+        await asyncio.sleep(0.002)
+
+
+async def test_a_second_signal_skips_the_wait(cli_server, connect):
     server = cli_server(SLOW, env={"MYAGENT_WS_DRAIN_TIMEOUT_S": "60"})
+    client = await connect(server)
+    sid = await client.create_session()
     async with aiohttp.ClientSession() as http:
-        client, sid = await open_session(http, server.url)
         await start_turn(client, sid, "sleep 60")
         server.proc.send_signal(signal.SIGTERM)
         await wait_until_not_ready(http, server.http)  # draining
         signalled = time.monotonic()
         server.proc.send_signal(signal.SIGINT)  # a second Ctrl-C: stop now
-        server.proc.send_signal(signal.SIGTERM)  # and more while shutting down: harmless
+        # And more, until the process is gone: none may kill the shutdown under way.
+        burst = asyncio.create_task(keep_signalling(server.proc, signal.SIGTERM))
         events, code = await until_closed(client, sid)
-    assert tail(events) == ["agent.interrupted", "agent.session_end"], events
+        await burst
+    assert names(events) == ["agent.interrupted", "agent.session_end"], events
     assert events[1]["metadata"]["reason"] == "shutdown"
     assert code == aiohttp.WSCloseCode.GOING_AWAY
     assert await exit_status(server) == 0
@@ -155,14 +159,14 @@ async def test_a_second_signal_skips_the_wait(cli_server):
 
 
 @pytest.mark.parametrize("event_loop", ["uvloop", "asyncio"])
-async def test_an_idle_server_exits_at_once_on_sigterm(cli_server, event_loop):
+async def test_an_idle_server_exits_at_once_on_sigterm(cli_server, connect, event_loop):
     server = cli_server(SLOW, "--event-loop", event_loop)
-    async with aiohttp.ClientSession() as http:
-        client, sid = await open_session(http, server.url)
-        signalled = time.monotonic()
-        server.proc.send_signal(signal.SIGTERM)
-        events, code = await until_closed(client, sid)
-    assert tail(events) == ["agent.session_end"] and code == aiohttp.WSCloseCode.GOING_AWAY
+    client = await connect(server)
+    sid = await client.create_session()
+    signalled = time.monotonic()
+    server.proc.send_signal(signal.SIGTERM)
+    events, code = await until_closed(client, sid)
+    assert names(events) == ["agent.session_end"] and code == aiohttp.WSCloseCode.GOING_AWAY
     assert await exit_status(server) == 0
     took = time.monotonic() - signalled
     assert took < 3, f"an idle server took {took:.1f} s to exit"

@@ -6,21 +6,19 @@ from __future__ import annotations
 import ast
 import asyncio
 import json
-import uuid
-from pathlib import Path
-
-import aiohttp
 
 from myagent_ws.keys import METRICS, SESSIONS
 from myagent_ws.store import MemoryStore
-from tests.agents import WaitTool, burst_agent, counting_agent, stubborn_agent, waiting_agent
-from tests.client import TERMINAL, WsClient
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def key() -> str:
-    return uuid.uuid4().hex
+from tests.agents import (
+    WaitTool,
+    burst_agent,
+    counting_agent,
+    key,
+    stubborn_agent,
+    waiting_agent,
+)
+from tests.client import TERMINAL
+from tests.conftest import ROOT
 
 
 async def test_cancel_right_after_message_ends_the_turn_with_interrupted(serve, connect):
@@ -28,7 +26,7 @@ async def test_cancel_right_after_message_ends_the_turn_with_interrupted(serve, 
     client = await connect(server)
     sid = await client.create_session()
     for _ in range(5):  # the cancel lands before, at or after the turn's first step
-        await client.ws.send_str(
+        await client.send(
             json.dumps({"event": "user.message", "session_id": sid, "content": key()})
             + "\n"  # (JSON allows trailing white space)
         )
@@ -168,26 +166,21 @@ async def test_replay_of_full_buffers_is_paced_and_a_slow_reader_is_never_cut_of
         await first.turn(sid, "go", timeout=30)
     await first.ws.close()
     # Two buffers of ~0.7 MB each to replay through a 256 KiB send buffer, read slowly.
-    async with aiohttp.ClientSession() as http:
-        ws = await http.ws_connect(server.make_url("/"))
-        client = WsClient(ws)
-        await client.recv()
-        for sid in sessions:
-            await client.reconnect(sid, last_seq=0)
-        resumed = 0
-        async with asyncio.timeout(60):
-            while resumed < 2:
-                event = await client.recv(timeout=10)
-                resumed += event["event"] == "agent.session_resumed"
-                if len(client.received) % 100 == 0:
-                    await asyncio.sleep(0.05)  # a slow reader, but a reader
-        assert not ws.closed
-        replayed = [e for e in client.received if e["event"] == "agent.partial_answer"]
-        assert len(replayed) == 1400
-        for sid in sessions:
-            assert (await client.turn(sid, "again", timeout=30))[-1]["event"] == (
-                "agent.final_answer"
-            )
+    client = await connect(server)
+    for sid in sessions:
+        await client.reconnect(sid, last_seq=0)
+    resumed = 0
+    async with asyncio.timeout(60):
+        while resumed < 2:
+            event = await client.recv(timeout=10)
+            resumed += event["event"] == "agent.session_resumed"
+            if len(client.received) % 100 == 0:
+                await asyncio.sleep(0.05)  # a slow reader, but a reader
+    assert not client.ws.closed
+    replayed = [e for e in client.received if e["event"] == "agent.partial_answer"]
+    assert len(replayed) == 1400
+    for sid in sessions:
+        assert (await client.turn(sid, "again", timeout=30))[-1]["event"] == "agent.final_answer"
 
 
 async def test_bad_acks_get_a_clear_error_and_no_traceback(serve, connect, caplog):

@@ -13,8 +13,7 @@ from tests.fake_openai import tool_calls
 
 async def _cyclic_garbage_per_turn(client, turns: int) -> list[str]:
     """Run `turns` weather turns and return the types of the cyclic garbage they left."""
-    await client.send({"event": "user.create_session"})
-    sid = (await client.expect("agent.session_created"))["session_id"]
+    sid = await client.create_session()
 
     async def turn() -> None:
         await client.send({"event": "user.message", "session_id": sid, "content": "Paris?"})

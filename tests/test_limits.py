@@ -14,7 +14,6 @@ import aiohttp
 from myagent_ws.connection import CLOSE_SLOW_CONSUMER
 from myagent_ws.keys import METRICS, SESSIONS
 from tests.agents import big_result_agent, burst_agent, counting_agent
-from tests.client import WsClient
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
@@ -35,7 +34,7 @@ async def test_max_sessions_per_process(serve, connect):
 async def test_reconnect_counts_toward_max_sessions_per_connection(serve, connect):
     server = await serve(max_sessions_per_connection=1)
     owner = await connect(server)
-    first, second = await owner.create_session(), None
+    first = await owner.create_session()
     other = await connect(server)
     second = await other.create_session()
     await owner.send({"event": "user.reconnect", "session_id": second})
@@ -73,15 +72,12 @@ async def test_bad_frames_count_toward_the_rate_limit(serve, connect):
     assert codes == ["invalid_json"] * 3 + ["rate_limited"] * 2
 
 
-async def test_max_event_bytes_truncates_for_the_wire_and_the_model_keeps_it_all(serve):
+async def test_max_event_bytes_truncates_for_the_wire_and_the_model_keeps_it_all(serve, connect):
     size = 5 << 20  # more than a default aiohttp client's 4 MiB frame limit
     server = await serve(files=(), agents=(big_result_agent(size),))
-    async with aiohttp.ClientSession() as http:
-        ws = await http.ws_connect(server.make_url("/"))  # default max_msg_size
-        client = WsClient(ws)
-        await client.recv()
-        sid = await client.create_session()
-        events = await client.turn(sid, "big")
+    client = await connect(server)  # default max_msg_size
+    sid = await client.create_session()
+    events = await client.turn(sid, "big")
     result = next(e for e in events if e["event"] == "agent.tool_result")
     assert result["metadata"]["truncated"] is True
     assert result["metadata"]["original_bytes"] == size
@@ -189,9 +185,11 @@ async def resume(http: aiohttp.ClientSession, url: Any, sid: str, last_seq: int)
 
 async def test_a_client_that_stops_reading_is_closed_with_4008_and_resumes(serve):
     server = await serve(
-        files=(), agents=(burst_agent(2000, size=5000),), send_buffer_bytes=64 << 10,
+        files=(),
+        agents=(burst_agent(2000, size=5000),),
+        send_buffer_bytes=64 << 10,
         send_timeout_s=0.3,
-    )  # fmt: skip
+    )
     url = server.make_url("/")
     async with aiohttp.ClientSession() as http:
         ws, sid = await quiet_turn(http, url, "go")
@@ -219,7 +217,7 @@ def _rss(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
-async def test_a_client_that_never_reads_costs_under_twice_send_buffer_bytes(cli_server):
+async def test_a_client_that_never_reads_costs_under_twice_send_buffer_bytes(cli_server, connect):
     """The real server in its own process: RSS growth while a non-reading client's
     session streams 12 MB stays under 2 x send_buffer_bytes, and the session resumes."""
     limit = 1 << 20  # the default send_buffer_bytes
@@ -230,16 +228,14 @@ async def test_a_client_that_never_reads_costs_under_twice_send_buffer_bytes(cli
         str(FIXTURES / "long_stream_agent.py"), env={**env, "LONG_STREAM_SIZE": "200000"}
     )
     pid = server.proc.pid
+    warm = await connect(server, max_msg_size=0)
+    warm_sid = await warm.create_session()
+    await warm.turn(warm_sid, "warm up the allocator", timeout=30)
+    await warm.send({"event": "user.end_session", "session_id": warm_sid})
+    await warm.expect("agent.session_end")
+    await asyncio.sleep(0.3)
+    baseline = _rss(pid)
     async with aiohttp.ClientSession() as http:
-        warm = WsClient(await http.ws_connect(server.url, max_msg_size=0))
-        await warm.recv()
-        warm_sid = await warm.create_session()
-        await warm.turn(warm_sid, "warm up the allocator", timeout=30)
-        await warm.send({"event": "user.end_session", "session_id": warm_sid})
-        await warm.expect("agent.session_end")
-        await asyncio.sleep(0.3)
-        baseline = _rss(pid)
-
         _, sid = await quiet_turn(http, server.url, "long")
         peak = baseline
         deadline = time.monotonic() + 8
@@ -258,9 +254,11 @@ async def test_a_client_that_never_reads_costs_under_twice_send_buffer_bytes(cli
 
 async def test_a_turn_waiting_for_a_lagging_client_goes_on_when_that_client_leaves(serve):
     server = await serve(
-        files=(), agents=(burst_agent(2000, size=5000),), send_buffer_bytes=64 << 10,
+        files=(),
+        agents=(burst_agent(2000, size=5000),),
+        send_buffer_bytes=64 << 10,
         send_timeout_s=60,
-    )  # fmt: skip
+    )
     async with aiohttp.ClientSession() as http:
         ws, sid = await quiet_turn(http, server.make_url("/"), "go")
         await asyncio.sleep(0.5)  # not reading: the turn is now waiting for this client

@@ -11,8 +11,10 @@ from tests.client import TERMINAL, names
 from tests.fake_openai import Hang, Status, Truncated, tool_calls
 
 
-def openai_model(fake) -> object:
-    return model_for(Settings(llm_base_url=fake.base_url, llm_api_key="sk-test", model="fake-1"))
+def openai_model(fake, **settings) -> object:
+    return model_for(
+        Settings(llm_base_url=fake.base_url, llm_api_key="sk-test", model="fake-1", **settings)
+    )
 
 
 async def test_turn_over_openai_streams_tool_calls_and_answer(serve, connect, fake_openai):
@@ -115,15 +117,7 @@ async def test_an_llm_that_stops_mid_stream_ends_the_turn_once_and_cancel_still_
     with exactly one agent.error llm_error, nothing follows it, and the session goes on. A
     user.cancel during a stream is still agent.interrupted, not a timeout."""
     fake_openai.script += [Hang(text_first="Part"), "Recovered.", Hang(text_first="Again")]
-    model = model_for(
-        Settings(
-            llm_base_url=fake_openai.base_url,
-            llm_api_key="sk-test",
-            model="fake-1",
-            llm_timeout_s=0.3,
-        )
-    )
-    client = await connect(await serve(model=model))
+    client = await connect(await serve(model=openai_model(fake_openai, llm_timeout_s=0.3)))
     sid = await client.create_session()
     events = await client.turn(sid, "hello")
     assert [e["event"] for e in events if e["event"] in TERMINAL] == ["agent.error"]

@@ -7,7 +7,7 @@ from typing import Any
 
 from myagent_ws.keys import SESSIONS
 from tests.agents import WaitTool, waiting_agent
-from tests.client import TERMINAL, WsClient
+from tests.client import TERMINAL, WsClient, names
 
 AGENT = "waiter"
 
@@ -41,7 +41,7 @@ async def test_reject_answers_session_busy_and_the_turn_goes_on(serve, connect):
     assert busy["session_id"] == sid
     WaitTool.gate("r-1").set()
     events = await client.until_terminal(sid)
-    assert events[-1] == {**events[-1], "event": "agent.final_answer"}
+    assert events[-1]["event"] == "agent.final_answer"
     assert "r-1" in events[-1]["content"]
     assert (await client.turn(sid, "r-1"))[-1]["event"] == "agent.final_answer"
 
@@ -64,7 +64,7 @@ async def test_queue_runs_messages_in_order_each_with_one_terminal(serve, connec
     WaitTool.gate("q-1").set()
     events = await terminals(client, sid, 3)
     ends = [e for e in events if e["event"] in TERMINAL]
-    assert [e["event"] for e in ends] == ["agent.final_answer"] * 3
+    assert names(ends) == ["agent.final_answer"] * 3
     assert [e["content"] for e in ends] == [f"done: gate q-{n} opened" for n in (1, 2, 3)]
     # Each queued turn ran after the one before it ended, with the memory it left.
     memory = server.app[SESSIONS].sessions[sid].agent.messages
@@ -81,7 +81,7 @@ async def test_cancel_with_a_queue_interrupts_the_turn_and_every_queued_message(
         await client.expect("system.notice")
     await client.send({"event": "user.cancel", "session_id": sid})
     events = await terminals(client, sid, 3)
-    assert [e["event"] for e in events] == ["agent.interrupted"] * 3
+    assert names(events) == ["agent.interrupted"] * 3
     assert "queued" not in (events[0].get("metadata") or {})
     assert [e["metadata"]["queued"] for e in events[1:]] == [True, True]
     assert all("did not run" in e["content"] for e in events[1:])
@@ -101,11 +101,7 @@ async def test_ending_a_session_interrupts_its_queued_messages_before_session_en
     await client.send({"event": "user.end_session", "session_id": sid})
     events = await terminals(client, sid, 2)
     events.append(await client.expect("agent.session_end"))
-    assert [e["event"] for e in events] == [
-        "agent.interrupted",
-        "agent.interrupted",
-        "agent.session_end",
-    ]
+    assert names(events) == ["agent.interrupted", "agent.interrupted", "agent.session_end"]
     assert events[0]["metadata"]["reason"] == "ended"
     assert events[1]["metadata"] == {"queued": True, "reason": "ended"}
 
@@ -118,7 +114,7 @@ async def test_interrupt_ends_the_running_turn_then_runs_the_new_message(serve, 
     await client.send(message(sid, "i-2"))
     events = await terminals(client, sid, 2)
     ends = [e for e in events if e["event"] in TERMINAL]
-    assert [e["event"] for e in ends] == ["agent.interrupted", "agent.final_answer"]
+    assert names(ends) == ["agent.interrupted", "agent.final_answer"]
     assert ends[1]["content"] == "done: gate i-2 opened"
     # The interrupted turn left nothing in memory.
     memory = server.app[SESSIONS].sessions[sid].agent.messages
@@ -138,6 +134,6 @@ async def test_while_draining_queued_messages_do_not_start_and_new_ones_are_refu
     WaitTool.gate("qd-1").set()  # the running turn finishes inside the grace period
     events = await terminals(client, sid, 2)
     ends = [e for e in events if e["event"] in TERMINAL]
-    assert [e["event"] for e in ends] == ["agent.final_answer", "agent.interrupted"]
+    assert names(ends) == ["agent.final_answer", "agent.interrupted"]
     assert ends[1]["metadata"] == {"queued": True, "reason": "shutdown"}
     assert not server.app[SESSIONS].sessions[sid].busy

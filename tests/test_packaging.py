@@ -10,8 +10,8 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from typing import Any
 
-import aiohttp
 import pytest
 
 from tests.client import TERMINAL, WsClient
@@ -169,7 +169,7 @@ async def approving_turn(client: WsClient, session_id: str, text: str) -> list[d
 
 @pytest.mark.parametrize("example", sorted(EXAMPLES.glob("*.py")), ids=lambda p: p.name)
 async def test_every_example_serves_with_only_the_project_installed(
-    example: Path, host_only: Path, tmp_path: Path
+    example: Path, host_only: Path, tmp_path: Path, connect: Any
 ) -> None:
     assert example.name in EXAMPLE_TURNS, f"add {example.name} to EXAMPLE_TURNS"
     agent, question, answer = EXAMPLE_TURNS[example.name]
@@ -182,13 +182,11 @@ async def test_every_example_serves_with_only_the_project_installed(
     server = InstalledServer(example, env, tmp_path)
     try:
         server.wait_ready(timeout=20)
-        async with aiohttp.ClientSession() as http, http.ws_connect(server.url + "/") as ws:
-            client = WsClient(ws)
-            assert (await client.recv())["event"] == "system.connected"
-            await client.send({"event": "user.create_session"})
-            created = await client.expect("agent.session_created", timeout=10)
-            assert created["content"]["agent"] == agent, created
-            events = await approving_turn(client, created["session_id"], question)
+        client = await connect(server)
+        await client.send({"event": "user.create_session"})
+        created = await client.expect("agent.session_created", timeout=10)
+        assert created["content"]["agent"] == agent, created
+        events = await approving_turn(client, created["session_id"], question)
     finally:
         output = server.stop()
         print(output)  # shown by pytest when the test fails

@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 
 import aiohttp
 
 from myagent_ws.keys import SESSIONS, STORE
-from tests.agents import WaitTool, counting_agent, looping_agent, waiting_agent
+from tests.agents import WaitTool, counting_agent, key, looping_agent, waiting_agent
 from tests.client import TERMINAL, names
 from tests.conftest import GREETER, WEATHER
-
-
-def key() -> str:
-    return uuid.uuid4().hex
 
 
 async def test_connected_is_first_and_lists_agents(serve, connect):
@@ -340,8 +335,6 @@ async def test_http_endpoints(serve, connect):
 async def test_permessage_deflate_only_when_turned_on(serve) -> None:
     """Browsers offer permessage-deflate; the server declines by default (it measured +55%
     CPU per event) and accepts with ws_compression, where a whole turn still streams."""
-    import aiohttp
-
     for setting, expected in ((False, 0), (True, 15)):
         server = await serve(ws_compression=setting)
         async with aiohttp.ClientSession() as http:

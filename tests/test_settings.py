@@ -164,7 +164,7 @@ def test_bad_value_exits_2_with_one_line_naming_the_option(run, args, env, named
     assert "Traceback" not in result.output
 
 
-def test_agents_and_plugins_keep_their_own_debug(run):
+def test_agents_and_plugins_keep_their_own_debug():
     result = CliRunner().invoke(cli, ["agents", "--debug", "--help"])
     assert result.exit_code == 0 and "--debug" in result.output
     result = CliRunner().invoke(cli, ["plugins", "--help"])
