@@ -17,6 +17,7 @@ from aiohttp import WSCloseCode, web
 from myagent.llm import model_from_env
 
 from . import console, drain
+from .cluster import SharedSessions
 from .connection import Connection
 from .keys import (
     CONNECTIONS,
@@ -32,8 +33,10 @@ from .keys import (
     STORE,
 )
 from .metrics import Metrics
+from .node import Node
 from .plugins import make_plugin_manager
 from .protocol import Protocol, encode, make_event
+from .redis_store import RedisStore
 from .registry import AgentRegistry
 from .sessions import SessionManager
 from .settings import Settings
@@ -60,15 +63,24 @@ def create_app(
     app[REGISTRY] = registry
     app[PROTOCOL] = Protocol(max_frame_bytes=settings.max_frame_bytes)
     app[MODEL] = model if model is not None else model_for(settings)
-    app[STORE] = store if store is not None else MemoryStore()
+    app[STORE] = store if store is not None else store_for(settings)
     app[CONNECTIONS] = set()
-    app[METRICS] = Metrics(lambda: len(app[CONNECTIONS]), lambda: len(app[SESSIONS]))
-    app[SESSIONS] = SessionManager(registry, app[STORE], settings, app[MODEL], app[METRICS])
+    app[METRICS] = Metrics(
+        lambda: len(app[CONNECTIONS]),
+        lambda: len(app[SESSIONS]),
+        lambda: sum(1 for s in app[SESSIONS].sessions.values() if s.busy),
+    )
+    manager = SharedSessions if isinstance(app[STORE], RedisStore) else SessionManager
+    app[SESSIONS] = manager(registry, app[STORE], settings, app[MODEL], app[METRICS])
+    if isinstance(app[STORE], RedisStore):
+        app[SESSIONS].node = Node(app[SESSIONS], app[STORE], app[METRICS])
     app[STARTED_AT] = time.monotonic()
     app[READY] = asyncio.Event()
     app.router.add_get("/", endpoint)
     console.add_routes(app)
-    app.cleanup_ctx.append(_background_tasks)
+    app.cleanup_ctx.append(_background_tasks)  # closes the store: set up first, so last
+    if isinstance(app[STORE], RedisStore):
+        app.cleanup_ctx.append(_cluster_node)
     if settings.health_port is not None:
         app.cleanup_ctx.append(_health_port)
     app.on_startup.append(_ready)
@@ -91,6 +103,27 @@ def _observer(hook: Any) -> Any:
                 await result
 
     return observe
+
+
+def store_for(settings: Settings) -> Store:
+    """In memory, or in Redis (shared by every process given the same URL and prefix)."""
+    if settings.store == "memory":
+        return MemoryStore()
+    return RedisStore(
+        settings.store,
+        settings.store_prefix,
+        ttl_s=settings.session_ttl_s,
+        max_events=settings.replay_buffer,
+        max_bytes=settings.replay_buffer_bytes,
+    )
+
+
+async def _cluster_node(app: web.Application) -> AsyncIterator[None]:
+    """Join the cluster (lease, tail, control, watch) for as long as the app runs."""
+    node = app[SESSIONS].node
+    await node.start()
+    yield
+    await node.stop()
 
 
 def model_for(settings: Settings) -> Any:

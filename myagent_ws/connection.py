@@ -29,6 +29,7 @@ from .protocol import (
 )
 from .sessions import SessionManager
 from .settings import Settings
+from .store import StoreUnavailable, store_down
 
 __all__ = ["CLOSE_SLOW_CONSUMER", "Connection"]
 
@@ -95,6 +96,7 @@ class Connection(Outbound):
     async def _handle(self, data: str) -> None:
         if self.debug:
             frames_log.debug("%s << %s", self.id, data)
+        message: dict[str, Any] = {}
         try:
             try:
                 message = self.protocol.decode(data)
@@ -106,6 +108,9 @@ class Connection(Outbound):
             await _HANDLERS[message["event"]](self, message)
         except ProtocolError as exc:
             self._reply_error(exc)
+        except StoreUnavailable as exc:
+            log.error("connection %s: the session store failed: %s", self.id, exc)
+            self._reply_error(store_down(message.get("session_id")))
         except Exception:
             log.exception("connection %s: handling a frame failed", self.id)
             self._reply_error(
@@ -146,7 +151,7 @@ class Connection(Outbound):
 
     async def _on_message(self, message: dict[str, Any]) -> None:
         session = self.sessions.get(message["session_id"], self)
-        ahead = session.start_turn(message["content"])
+        ahead = await session.start_turn(message["content"])
         if ahead:  # on_busy=queue: say so, since its events come only later
             after = "." if ahead == 1 else f" and the {ahead - 1} queued before it."
             self._notice(
@@ -157,7 +162,7 @@ class Connection(Outbound):
 
     async def _on_cancel(self, message: dict[str, Any]) -> None:
         session = self.sessions.get(message["session_id"], self)
-        if not session.stop("the turn was cancelled."):
+        if not await session.cancel("the turn was cancelled."):
             self._notice("No turn is running in this session; nothing to cancel.", session.id)
 
     async def _on_end_session(self, message: dict[str, Any]) -> None:
@@ -170,7 +175,7 @@ class Connection(Outbound):
     async def _on_reconnect(self, message: dict[str, Any]) -> None:
         content = message.get("content")
         last_seq = content.get("last_seq", 0) if isinstance(content, dict) else 0
-        self.sessions.reconnect(message["session_id"], self, last_seq)
+        await self.sessions.reconnect(message["session_id"], self, last_seq)
 
     async def _on_ack(self, message: dict[str, Any]) -> None:
         content = message["content"]
@@ -192,7 +197,7 @@ class Connection(Outbound):
         session = self.sessions.get(message["session_id"], self)
         content = message["content"]
         approved = content.get("approved", content.get("confirmed"))  # the schema wants one
-        session.respond(message["step_id"], approved, content.get("feedback"))
+        await session.respond(message["step_id"], approved, content.get("feedback"))
 
     def _notice(self, text: str, session_id: str | None = None, **metadata: Any) -> None:
         self.send_event(

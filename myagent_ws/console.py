@@ -30,6 +30,7 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response(
         {
             "status": "ok",
+            "node": app[SESSIONS].node_id,
             "version": __version__,
             "uptime_s": round(time.monotonic() - app[STARTED_AT], 3),
             "connections": len(app[CONNECTIONS]),
@@ -40,8 +41,10 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def ready(request: web.Request) -> web.Response:
-    """Readiness: false while starting and while draining on shutdown."""
-    is_ready = _main(request)[READY].is_set()
+    """Readiness: false while starting, while draining on shutdown, and while the Redis
+    store is out of reach."""
+    main = _main(request)
+    is_ready = main[READY].is_set() and main[SESSIONS].ready
     return web.json_response({"ready": is_ready}, status=200 if is_ready else 503)
 
 

@@ -20,8 +20,16 @@ class Metrics:
 
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self, connections: Callable[[], int], sessions: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        connections: Callable[[], int],
+        sessions: Callable[[], int],
+        turns_running: Callable[[], int] = lambda: 0,
+    ) -> None:
         self.registry = CollectorRegistry()
+        Gauge(
+            "myagent_ws_turns_running", "Turns running in this process.", registry=self.registry
+        ).set_function(turns_running)
         Gauge(
             "myagent_ws_connections", "Open WebSocket connections.", registry=self.registry
         ).set_function(connections)
@@ -62,7 +70,14 @@ class Metrics:
         )
         self._store_errors = Counter(
             "myagent_ws_store_errors",
-            "Store calls that failed (each ends its session's running turn).",
+            "Store (Redis) calls that failed after their retries.",
+            registry=self.registry,
+        )
+        self._stream_lag = Histogram(
+            "myagent_ws_stream_lag_seconds",
+            "Redis store: from an event's append to this process reading it from the log "
+            "(the oldest of each read).",
+            buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
         self._turn_seconds = Histogram(
@@ -90,6 +105,9 @@ class Metrics:
 
     def store_error(self) -> None:
         self._store_errors.inc()
+
+    def stream_lag(self, seconds: float) -> None:
+        self._stream_lag.observe(seconds)
 
     def turn_started(self) -> None:
         self._turns_started.inc()

@@ -97,6 +97,15 @@ class ReplayBuffer:
         ):
             self._drop_before(self.first_seq + 1)
 
+    def restart(self, next_seq: int) -> None:
+        """Empty the buffer; the next frame appended is `next_seq` (a reader that still
+        owes frames before it finds them gone, and is closed to reconnect)."""
+        self._blocks.clear()
+        self._raw.clear()
+        self._cache = None
+        self.bytes = 0
+        self._blocks_first = self._raw_first = self.first_seq = next_seq
+
     def get(self, seq: int) -> bytes | None:
         """The frame of `seq`, or None if it was dropped (or is not there yet)."""
         index = seq - self._raw_first

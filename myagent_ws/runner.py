@@ -14,7 +14,10 @@ agent's memory (bounded by that turn's own deadline).
 A tool call that needs approval (the agent yields a ConfirmRequest) makes the turn send
 agent.user_confirm and wait, holding the question in `Turn.pending` so a reconnecting
 client can be asked again; the first matching answer wins and takes it away, so no call
-runs twice whatever arrives.
+runs twice whatever arrives. With a shared store, `Questions` puts the question where
+every server process can answer it (and takes it back on a timeout), and a turn that
+another process ended (a cancel there, or this process counted as lost) is `abandon`ed:
+it stops without a terminal event of its own, since one was already sent.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from myagent.errors import AgentError
 from myagent.events import (
@@ -52,6 +55,18 @@ STEPS_PER_YIELD = 32
 # Emits one event; True when a connection fell behind and the turn should await `Pace`.
 Emit = Callable[[dict[str, Any]], bool]
 Pace = Callable[[], Awaitable[None]]
+# Runs once the terminal event is out, with that event.
+OnEnd = Callable[[dict[str, Any]], None]
+
+
+class Questions(Protocol):
+    """Where a question lives while it waits, when other processes may answer it."""
+
+    async def ask(self, pending: PendingConfirm) -> None: ...
+
+    async def withdraw(self, step_id: str) -> bool:
+        """Take the question back on a timeout; False if an answer took it first."""
+        ...
 
 
 def step_event(step: Any) -> dict[str, Any]:
@@ -105,6 +120,8 @@ def interrupted_event(content: str = "The turn was cancelled.", **metadata: Any)
     return make_event("agent.interrupted", content=content, metadata=metadata or None)
 
 
+# How long a timed-out question waits for an answer another process already took.
+ANSWER_IN_FLIGHT_S = 5.0
 # How much of a call's arguments the question shows (all of them are in metadata.args).
 QUESTION_ARGS_CHARS = 300
 
@@ -151,6 +168,7 @@ class Turn:
         "_metrics",
         "_on_end",
         "_pending_first",
+        "_questions",
         "_started",
         "_timeout_s",
         "_timer",
@@ -165,7 +183,8 @@ class Turn:
         metrics: Metrics,
         timeout_s: float,
         confirm_timeout_s: float = 300.0,
-        on_end: Callable[[], None] | None = None,
+        on_end: OnEnd | None = None,
+        questions: Questions | None = None,
     ) -> None:
         self._emit = emit
         self._metrics = metrics
@@ -174,6 +193,7 @@ class Turn:
         self._timeout_s = timeout_s
         self._confirm_timeout_s = confirm_timeout_s
         self._on_end = on_end
+        self._questions = questions
         self.open = True
         self.pending: PendingConfirm | None = None
         self.task: asyncio.Task[None] | None = None
@@ -200,7 +220,7 @@ class Turn:
         outcome = terminal["event"].removeprefix("agent.")
         self._metrics.turn_finished(outcome, time.perf_counter() - self._started)
         if self._on_end is not None:
-            self._on_end()
+            self._on_end(terminal)
         return True
 
     def cancel(self, terminal: dict[str, Any] | None = None) -> bool:
@@ -210,6 +230,19 @@ class Turn:
         if self.task is not None:
             self.task.cancel()
         return finished
+
+    def abandon(self) -> bool:
+        """Stop without a terminal event: another process already sent this turn's
+        (it was cancelled there, or this process was counted as lost)."""
+        if not self.open:
+            return False
+        self.open = False
+        self.pending = None
+        self._timer.cancel()
+        self._metrics.turn_finished("abandoned", time.perf_counter() - self._started)
+        if self.task is not None:
+            self.task.cancel()
+        return True
 
     def fail(self, code: str, message: str) -> bool:
         """End the turn now with agent.error (e.g. the session store failed)."""
@@ -226,9 +259,18 @@ class Turn:
         left = self._timer.when() - loop.time()
         self._timer.cancel()
         try:
+            if self._questions is not None:
+                await self._questions.ask(pending)
             self.step(pending.event())
-            async with asyncio.timeout(self._confirm_timeout_s):
-                approved, feedback = await pending.answer
+            try:
+                async with asyncio.timeout(self._confirm_timeout_s):
+                    approved, feedback = await pending.answer
+            except TimeoutError:
+                if self._questions is None or await self._questions.withdraw(pending.step_id):
+                    raise
+                # An answer took the question on another process first; it is on its way.
+                async with asyncio.timeout(ANSWER_IN_FLIGHT_S):
+                    approved, feedback = await pending.answer
         except TimeoutError:
             request.reject(reason="timeout")
         else:
@@ -272,14 +314,15 @@ def start_turn(
     timeout_s: float,
     metrics: Metrics,
     confirm_timeout_s: float = 300.0,
-    on_end: Callable[[], None] | None = None,
+    on_end: OnEnd | None = None,
     after: asyncio.Task[None] | None = None,
+    questions: Questions | None = None,
     name: str = "turn",
 ) -> Turn:
     """Start one turn of `agent` as a task. `pace` waits for connections that fell behind
     (bounded); `on_end` runs once the terminal event is out; `after` is the previous
     turn's task, which may still be unwinding."""
-    turn = Turn(emit, metrics, timeout_s, confirm_timeout_s, on_end)
+    turn = Turn(emit, metrics, timeout_s, confirm_timeout_s, on_end, questions)
     turn.task = asyncio.create_task(_drive(agent, text, turn, pace, after), name=name)
     return turn
 

@@ -23,7 +23,15 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from .protocol import ProtocolError, cut_content, encode
 from .replay import ReplayBuffer
-from .runner import PendingConfirm, Turn, interrupted_event, start_turn
+from .runner import (
+    Emit,
+    OnEnd,
+    PendingConfirm,
+    Questions,
+    Turn,
+    interrupted_event,
+    start_turn,
+)
 
 if TYPE_CHECKING:
     from .sessions import SessionManager
@@ -106,6 +114,15 @@ class Session:
         if type(content) is str and len(content) * 4 > limit:
             cut_content(event, content, limit)
         frame = encode(event)
+        behind = self._deliver(seq, frame)
+        manager.metrics.event_sent(event["event"])
+        if manager.follows:
+            self._follow(seq, frame, event)
+        return behind
+
+    def _deliver(self, seq: int, frame: bytes) -> bool:
+        """Buffer the frame of `seq` (the next one) and hand it to every attached
+        connection; True when one fell behind."""
         buffer = self.buffer
         over = buffer.append(frame)
         behind = False
@@ -114,9 +131,6 @@ class Session:
                 behind = True
         if over:  # drop the oldest, but none that an attached reader has yet to send
             buffer.evict(min([seq] + [c.sent(self) + 1 for c in self.connections]))
-        manager.metrics.event_sent(event["event"])
-        if manager.follows:
-            self._follow(seq, frame, event)
         return behind
 
     async def pace(self) -> None:
@@ -188,7 +202,7 @@ class Session:
         """The tool call waiting for approval, if any."""
         return self.turn.pending if self.turn is not None else None
 
-    def start_turn(self, text: str) -> int:
+    async def start_turn(self, text: str) -> int:
         """Run a turn for `text` now, or as `on_busy` says while one runs. Returns how
         many messages wait before it (0: it runs now)."""
         self._manager.refuse_if_draining(self.id)
@@ -197,29 +211,31 @@ class Session:
             if policy == "queue":
                 return self._enqueue(text)
             if policy == "reject":
-                raise ProtocolError(
-                    "session_busy",
-                    "This session is still answering; wait for its final event or send "
-                    "user.cancel.",
-                    session_id=self.id,
-                )
+                raise self.busy_error()
             self.turn.cancel()  # interrupt: agent.interrupted, then the new turn
         self._run(text)
         return 0
 
     def _run(self, text: str) -> None:
+        self._start(text, self.emit, self._next_turn)
+
+    def _start(
+        self, text: str, emit: Emit, on_end: OnEnd, questions: Questions | None = None
+    ) -> None:
+        """Start the turn, after the previous one's task (it may still be unwinding)."""
         settings = self._manager.settings
         previous = self.turn.task if self.turn is not None else None
         self.turn = start_turn(
             self.agent,
             text,
-            self.emit,
+            emit,
             pace=self.pace,
             timeout_s=settings.turn_timeout_s,
             metrics=self._manager.metrics,
             confirm_timeout_s=settings.confirm_timeout_s,
-            on_end=self._next_turn,
+            on_end=on_end,
             after=previous,
+            questions=questions,
             name=f"turn {self.id}",
         )
 
@@ -229,16 +245,22 @@ class Session:
             queue = self.queue = deque()
         limit = self._manager.settings.max_queued_messages
         if len(queue) >= limit:
-            raise ProtocolError(
-                "session_busy",
-                f"This session is still answering and {limit} messages already wait, the "
-                "limit; wait for its final event or send user.cancel.",
-                session_id=self.id,
-            )
+            raise self.busy_error(queue_full=True)
         queue.append(text)
         return len(queue)
 
-    def _next_turn(self) -> None:
+    def busy_error(self, queue_full: bool = False) -> ProtocolError:
+        if queue_full:
+            limit = self._manager.settings.max_queued_messages
+            text = (
+                f"This session is still answering and {limit} messages already wait, the "
+                "limit; wait for its final event or send user.cancel."
+            )
+        else:
+            text = "This session is still answering; wait for its final event or send user.cancel."
+        return ProtocolError("session_busy", text, session_id=self.id)
+
+    def _next_turn(self, terminal: dict[str, Any]) -> None:
         """A turn ended: the next queued message runs (unless the server is draining)."""
         if not self.queue:
             return
@@ -246,6 +268,11 @@ class Session:
             self.stop("the server is shutting down.", "shutdown")
         else:
             self._run(self.queue.popleft())
+
+    async def cancel(self, why: str, reason: str | None = None) -> bool:
+        """`stop`, from a client or the manager (a shared session may have to ask
+        another process)."""
+        return self.stop(why, reason)
 
     def stop(self, why: str, reason: str | None = None) -> bool:
         """End the running turn, then every queued message, each with its own
@@ -262,14 +289,17 @@ class Session:
             )
         return stopped or bool(queued)
 
-    def respond(self, step_id: str, approved: bool, feedback: str | None) -> None:
+    async def respond(self, step_id: str, approved: bool, feedback: str | None) -> None:
         """Answer the tool call waiting for approval as `step_id`; only the first answer
         counts (a repeat, a late one or a stray one is confirm_not_pending)."""
         if self.turn is None or not self.turn.respond(step_id, approved, feedback):
-            raise ProtocolError(
-                "confirm_not_pending",
-                f"Nothing in this session waits for approval of step {step_id!r}: it was "
-                "answered already, timed out, or its turn ended.",
-                session_id=self.id,
-                step_id=step_id,
-            )
+            raise self.not_pending(step_id)
+
+    def not_pending(self, step_id: str) -> ProtocolError:
+        return ProtocolError(
+            "confirm_not_pending",
+            f"Nothing in this session waits for approval of step {step_id!r}: it was "
+            "answered already, timed out, or its turn ended.",
+            session_id=self.id,
+            step_id=step_id,
+        )

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -20,6 +22,46 @@ from .store import SessionRecord, Store
 log = logging.getLogger(__name__)
 
 EventObserver = Callable[[str, dict[str, Any]], Awaitable[None]]
+
+
+NODE_ID = f"{socket.gethostname()}-{os.getpid()}"
+
+
+def new_session_id() -> str:
+    """128 random bits: the id is all a client needs to resume a session."""
+    return f"s_{secrets.token_urlsafe(16)}"
+
+
+def created_event(session: Session) -> dict[str, Any]:
+    model = session.agent.model
+    llm = model.describe() if hasattr(model, "describe") else {}
+    return make_event(
+        "agent.session_created",
+        content={"session_id": session.id, "agent": session.agent_name},
+        metadata={"agent": session.agent_name, "llm": llm},
+    )
+
+
+def resumed_event(session: Session, metadata: dict[str, Any]) -> dict[str, Any]:
+    return make_event(
+        "agent.session_resumed",
+        content={"session_id": session.id, "agent": session.agent_name},
+        metadata=metadata,
+    )
+
+
+def end_event(reason: str, detail: str) -> dict[str, Any]:
+    return make_event(
+        "agent.session_end", content=f"Session ended ({detail}).", metadata={"reason": reason}
+    )
+
+
+def not_found(session_id: str) -> ProtocolError:
+    return ProtocolError(
+        "session_not_found",
+        f"Session {session_id!r} has ended or expired; create a new one.",
+        session_id=session_id,
+    )
 
 
 class SessionManager:
@@ -75,6 +117,17 @@ class SessionManager:
         self.refuse_if_draining()
         spec = self.registry.resolve(agent_name)
         self._check_room(connection)
+        session = Session(new_session_id(), spec.name, self.new_agent(spec.name), self)
+        self.sessions[session.id] = session
+        self._attach(session, connection, 0)
+        session.emit(created_event(session))
+        await self.store.save_session(SessionRecord(session.id, spec.name, time.time()))
+        return session
+
+    def new_agent(self, name: str) -> Any:
+        """A new instance of the agent `name`, with the server's model and history limit
+        where it brings none."""
+        spec = self.registry.resolve(name)
         try:
             agent = spec.factory()
         except Exception as exc:
@@ -88,19 +141,17 @@ class SessionManager:
             agent.model = self.model
         if getattr(agent, "max_history_turns", 0) is None:
             agent.max_history_turns = self.settings.max_history_turns
-        session = Session(f"s_{secrets.token_urlsafe(16)}", spec.name, agent, self)
-        self.sessions[session.id] = session
-        self._attach(session, connection, 0)
-        llm = agent.model.describe() if hasattr(agent.model, "describe") else {}
-        session.emit(
-            make_event(
-                "agent.session_created",
-                content={"session_id": session.id, "agent": spec.name},
-                metadata={"agent": spec.name, "llm": llm},
-            )
-        )
-        await self.store.save_session(SessionRecord(session.id, spec.name, time.time()))
-        return session
+        return agent
+
+    @property
+    def node_id(self) -> str:
+        """Which server process this is, e.g. behind a load balancer."""
+        return NODE_ID
+
+    @property
+    def ready(self) -> bool:
+        """Whether this process can serve sessions (a shared store may be out of reach)."""
+        return True
 
     def _check_room(self, connection: Reader) -> None:
         """too_many_sessions past the per-connection or the per-process limit."""
@@ -131,17 +182,13 @@ class SessionManager:
         session.last_active = time.monotonic()
         return session
 
-    def reconnect(self, session_id: str, connection: Reader, last_seq: int) -> Session:
+    async def reconnect(self, session_id: str, connection: Reader, last_seq: int) -> Session:
         """Attach a connection to a live session from `last_seq`: it is sent every buffered
         event after that, in order, then agent.session_resumed, then live events. Events
         after `last_seq` that are no longer buffered are named in metadata.replay_gap."""
         session = self.sessions.get(session_id)
         if session is None:
-            raise ProtocolError(
-                "session_not_found",
-                f"Session {session_id!r} has ended or expired; create a new one.",
-                session_id=session_id,
-            )
+            raise not_found(session_id)
         if connection not in session.connections:
             self._check_room(connection)
         buffer = session.buffer
@@ -157,13 +204,7 @@ class SessionManager:
             metadata["replay_gap"] = {"from": last_seq + 1, "to": cursor}
         self._attach(session, connection, cursor)
         session.last_active = time.monotonic()
-        session.emit(
-            make_event(
-                "agent.session_resumed",
-                content={"session_id": session.id, "agent": session.agent_name},
-                metadata=metadata,
-            )
-        )
+        session.emit(resumed_event(session, metadata))
         if pending is not None:  # asked again, even if the first ask was acked away
             session.emit(pending.event())
         return session
@@ -189,14 +230,8 @@ class SessionManager:
             return
         session.closed = True
         detail = detail or reason
-        session.stop(f"the session ended ({detail}).", reason)
-        session.emit(
-            make_event(
-                "agent.session_end",
-                content=f"Session ended ({detail}).",
-                metadata={"reason": reason},
-            )
-        )
+        await session.cancel(f"the session ended ({detail}).", reason)
+        session.emit(end_event(reason, detail))
         self.sessions.pop(session.id, None)
         for connection in session.connections:
             self.attached.get(connection, set()).discard(session)

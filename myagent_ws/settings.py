@@ -92,6 +92,14 @@ class Settings:
     # Accept permessage-deflate when a client offers it (browsers do). Off: measured +55%
     # server CPU per event, and each connection then holds ~300 KB of zlib state.
     ws_compression: bool = False
+    # Where sessions live: memory (this process only), or redis://HOST:PORT/DB to share
+    # sessions, their event logs and their turns between server processes.
+    store: str = "memory"
+    # Prefix of every Redis key, so several deployments can share one Redis.
+    store_prefix: str = "myagent-ws:"
+    # Seconds after a server process stops renewing its lease (it died, or lost Redis) by
+    # which another process ends its running turns with agent.error node_lost.
+    node_lease_s: float = 10.0
     # Seconds shutdown waits to flush each connection.
     shutdown_timeout_s: float = 5.0
     # Seconds running turns get to finish after SIGTERM or a first Ctrl-C, while new
@@ -105,6 +113,11 @@ class Settings:
             )
         if self.on_busy not in ("reject", "queue", "interrupt"):
             raise ValueError(f"on_busy must be reject, queue or interrupt, not {self.on_busy!r}.")
+        if self.store != "memory" and not self.store.startswith(("redis://", "rediss://")):
+            raise ValueError(
+                f"store must be memory or a redis:// URL (redis://HOST:PORT/DB), "
+                f"not {self.store!r}."
+            )
         if self.replay_buffer_bytes < self.max_event_bytes:
             raise ValueError(
                 f"replay_buffer_bytes ({self.replay_buffer_bytes}) must be at least "
@@ -120,6 +133,7 @@ class Settings:
             "max_history_turns",
             "max_queued_messages",
             "confirm_timeout_s",
+            "node_lease_s",
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, not {getattr(self, name)!r}.")

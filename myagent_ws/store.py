@@ -9,6 +9,22 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
+from .protocol import ProtocolError
+
+
+class StoreUnavailable(Exception):
+    """The store could not be reached or failed; the message says what to check."""
+
+
+def store_down(session_id: str | None = None) -> ProtocolError:
+    """What a client is told when the store failed (the log has the detail)."""
+    return ProtocolError(
+        "internal_error",
+        "The session store (Redis) is unreachable; try again in a moment. The server log "
+        "has the details.",
+        session_id=session_id,
+    )
+
 
 @dataclass(slots=True)
 class SessionRecord:
@@ -17,6 +33,7 @@ class SessionRecord:
     session_id: str
     agent: str
     created_at: float
+    owner: str | None = None  # the principal that created it (None: auth is off)
 
 
 class Store(ABC):

@@ -176,3 +176,42 @@ def cli_server() -> Iterator[Callable[..., CliServer]]:
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture
+async def cluster_factory(tmp_path: Path) -> Any:
+    """cluster_factory(size=3, args=(WEATHER,), store=REDIS_URL, env=None) -> a started
+    tests.cluster.Cluster: `size` real server processes (Redis store under a fresh key
+    prefix; store=None for memory stores). Each is stopped, and the prefix's Redis keys
+    deleted, after the test."""
+    from tests.cluster import Cluster
+
+    started: list[Any] = []
+
+    async def start(size: int = 3, args: tuple[str, ...] = (WEATHER,), **options: Any) -> Any:
+        cluster = Cluster(size, args, workdir=tmp_path / f"cluster{len(started)}", **options)
+        started.append(cluster)
+        return await cluster.start()
+
+    yield start
+    for cluster in started:
+        await cluster.stop()
+
+
+@pytest.fixture
+async def nginx_factory(tmp_path: Path) -> Any:
+    """nginx_factory(backends) -> a started tests.cluster.Nginx: deploy/nginx.conf with
+    only its listen port and upstream servers filled in, in front of `backends` (a Cluster,
+    its Nodes, or "host:port" strings). Stopped after the test."""
+    from tests.cluster import Nginx
+
+    started: list[Any] = []
+
+    async def start(backends: Any) -> Any:
+        nginx = Nginx(backends, workdir=tmp_path / f"nginx{len(started)}")
+        started.append(nginx)
+        return await nginx.start()
+
+    yield start
+    for nginx in started:
+        await nginx.stop()

@@ -119,7 +119,7 @@ def test_every_event_in_protocol_md_has_a_schema() -> None:
 
 
 # Codes added since PROTOCOL.md's list: named in its additions table, or our own.
-ADDED_CODES = {"server_draining", "confirm_not_pending"}
+ADDED_CODES = {"server_draining", "confirm_not_pending", "node_lost"}
 
 
 def test_error_codes_match_protocol_md() -> None:

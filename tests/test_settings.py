@@ -45,6 +45,8 @@ def sample(field: dataclasses.Field[Any], step: int) -> Any:
     if isinstance(kind, tuple):  # a Literal: the choices other than the default, in turn
         others = [choice for choice in kind if choice != default]
         return others[(step - 1) % len(others)]
+    if field.name == "store":  # a URL, checked by Settings
+        return f"redis://127.0.0.1:6379/{step}"
     if kind is str:
         return f"{field.name}-{step}"
     if kind is int:
