@@ -39,6 +39,7 @@ class SharedSessions(SessionManager):
 
     store: RedisStore
     node: Node
+    _touched_at = 0.0  # when the keys of the sessions served here were last kept alive
 
     @property
     def ready(self) -> bool:
@@ -186,7 +187,10 @@ class SharedSessions(SessionManager):
         served = list(self.sessions.values())
         if not served:
             return 0
-        await self.store.touch([s.id for s in served])
+        now = time.monotonic()
+        if now - self._touched_at >= self.settings.session_ttl_s / 4:  # each use touches too
+            await self.store.touch([s.id for s in served])
+            self._touched_at = now
         idle_before = time.time() - self.settings.session_idle_ttl_s
         candidates = [
             s

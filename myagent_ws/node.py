@@ -189,8 +189,9 @@ class Node:
         async with self.store.blocking.pubsub() as pubsub:
             await pubsub.subscribe(self.store.channel(self.id))
             self._recovered("control")
-            async for message in pubsub.listen():
-                if message["type"] == "message":
+            while True:  # get_message, not listen(): no async generator left to close
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
+                if message is not None:
                     self._on_control(orjson.loads(message["data"]))
 
     def _on_control(self, message: dict[str, Any]) -> None:

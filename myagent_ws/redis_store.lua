@@ -148,7 +148,8 @@ return {seq, token, appended, text}
 --- begin
 -- ARGV: ttl_ms prefix sid token text policy max_queued known_mem_v now
 -- A user.message: the session is taken for turn `token`, or (policy queue) the message
--- waits in the queue. Returns {'run', mem_v, memory or false}, {'queued', position},
+-- waits in the queue. Returns {'run', mem_v, memory ('' for none yet), or false when
+-- the caller's known_mem_v is current}, {'queued', position},
 -- {'busy', holder} or {'gone'}.
 if not live() then return {'gone'} end
 redis.call('HSET', record, 'seen', ARGV[9])
@@ -165,7 +166,7 @@ redis.call('SADD', ARGV[2] .. 'node:' .. node_of(ARGV[4]) .. ':turns', ARGV[3])
 local mem_v = redis.call('HGET', record, 'mem_v') or '0'
 touch(tonumber(ARGV[1]))
 if mem_v == ARGV[8] then return {'run', mem_v, false} end
-return {'run', mem_v, redis.call('HGET', record, 'mem') or false}
+return {'run', mem_v, redis.call('HGET', record, 'mem') or ''}
 
 --- ask
 -- ARGV: token step_id body. The turn `token` waits for approval of step_id.

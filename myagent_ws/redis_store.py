@@ -246,13 +246,14 @@ class RedisStore(Store):
     async def begin(
         self, session_id: str, token: str, text: str, policy: str, max_queued: int, mem_v: int
     ) -> tuple[str, Any, Any]:
-        """Take the session for turn `token`: ('run', mem_v, memory or None), ('queued',
+        """Take the session for turn `token`: ('run', mem_v, memory: None if `mem_v` is
+        current, b"" for none yet), ('queued',
         position, None), ('busy', holder, None) or ('gone', None, None)."""
         args = [self.ttl_ms, self.prefix, session_id, token, text, policy, max_queued]
         reply = await self._run("begin", session_id, [*args, mem_v, time.time()])
         kind = reply[0].decode()
         if kind == "run":
-            return kind, int(reply[1]), reply[2] or None
+            return kind, int(reply[1]), reply[2]
         if kind == "queued":
             return kind, int(reply[1]), None
         return kind, reply[1].decode() if len(reply) > 1 else None, None
@@ -293,10 +294,11 @@ class RedisStore(Store):
 
     @_guarded
     async def memory(self, session_id: str, known: int) -> tuple[int, bytes | None]:
-        """The conversation memory's version, and the memory if it is not `known`."""
+        """The conversation memory's version, and the memory (b"" for none yet) if that is
+        not `known`."""
         version, memory = await self.redis.hmget(self.keys(session_id)[0], "mem_v", "mem")
         version = int(version or 0)
-        return version, (memory if version != known else None)
+        return version, (memory or b"" if version != known else None)
 
     @_guarded
     async def seen(self, session_ids: list[str]) -> list[float | None]:

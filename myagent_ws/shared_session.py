@@ -181,6 +181,7 @@ class SharedSession(Session):
         self._outbox = deque(e for e in self._outbox if e[3] != fence)
         if self.turn is not None and self.token == token:
             self.turn.abandon()
+            self.mem_v = -1  # it may have finished here: take the stored memory next time
 
     def _lost_events(self, fence: Any, exc: Exception) -> None:
         """Redis stayed out of reach past the retries: the events are not kept, the turn
@@ -190,6 +191,7 @@ class SharedSession(Session):
         token = fence[1] if fence else None
         if self.turn is not None and self.turn.open and self.token == token:
             self.turn.abandon()
+            self.mem_v = -1
             self._manager.node.orphan(self.id, token)
         self._outbox = deque(e for e in self._outbox if e[3] != fence)
         error = store_down(self.id).to_event()
@@ -228,9 +230,10 @@ class SharedSession(Session):
         return 0
 
     def load_memory(self, version: int, memory: bytes | None) -> None:
+        """The stored conversation memory, unless the agent here holds it already (None)."""
         messages = getattr(self.agent, "messages", None)
         if memory is not None and isinstance(messages, list):
-            messages[:] = orjson.loads(memory)
+            messages[:] = orjson.loads(memory) if memory else []
         self.mem_v = version
 
     def _run(self, text: str, token: str | None = None) -> None:
