@@ -25,11 +25,11 @@ from typing import Any, TypeVar
 
 import orjson
 from redis import asyncio as aioredis
+from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
 
 from .store import SessionRecord, Store, StoreUnavailable
 
