@@ -74,6 +74,12 @@ def create_app(
     app[SESSIONS] = manager(registry, app[STORE], settings, app[MODEL], app[METRICS])
     if isinstance(app[STORE], RedisStore):
         app[SESSIONS].node = Node(app[SESSIONS], app[STORE], app[METRICS])
+        app[METRICS].tally(
+            "myagent_ws_redis_errors",
+            "Redis calls that failed after their retries, by call.",
+            "call",
+            app[STORE].errors,
+        )
     app[STARTED_AT] = time.monotonic()
     app[READY] = asyncio.Event()
     app.router.add_get("/", endpoint)

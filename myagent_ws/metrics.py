@@ -70,7 +70,7 @@ class Metrics:
         )
         self._store_errors = Counter(
             "myagent_ws_store_errors",
-            "Store (Redis) calls that failed after their retries.",
+            "Store failures that stopped a turn or lost its events.",
             registry=self.registry,
         )
         self._stream_lag = Histogram(
@@ -105,6 +105,10 @@ class Metrics:
 
     def store_error(self) -> None:
         self._store_errors.inc()
+
+    def tally(self, name: str, documentation: str, label: str, counts: dict[str, int]) -> None:
+        """Expose a dict of counts kept elsewhere (e.g. by the store) as a counter."""
+        self.registry.register(_Tally(name, documentation, label, counts))
 
     def stream_lag(self, seconds: float) -> None:
         self._stream_lag.observe(seconds)

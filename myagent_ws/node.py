@@ -83,7 +83,8 @@ class Node:
             await self.store.retire(self.id)
 
     def _failed(self, where: str, exc: BaseException) -> None:
-        self.metrics.store_error()
+        if not isinstance(exc, StoreUnavailable):  # those are counted by the store
+            self.store.count_error(where)
         if where not in self._failing:
             self._failing.add(where)
             log.error("Redis %s failed: %s (retrying)", where, exc)

@@ -59,7 +59,7 @@ def _guarded(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]
         try:
             return await method(self, *args, **kwargs)
         except RedisError as exc:
-            self.errors += 1
+            self.count_error(method.__name__)
             raise StoreUnavailable(f"Redis at {self.where} failed: {exc}") from exc
 
     return call
@@ -114,9 +114,12 @@ class RedisStore(Store):
         self._scripts = {
             name: self.redis.register_script(source) for name, source in _scripts().items()
         }
-        self.errors = 0  # calls that failed, for /metrics
+        self.errors: dict[str, int] = {}  # calls that failed after retries, by call
         # Names append calls, so a retried one appends nothing twice (see the script).
         self._batches = (f"{secrets.token_hex(6)}:{n}" for n in itertools.count(1))
+
+    def count_error(self, call: str) -> None:
+        self.errors[call] = self.errors.get(call, 0) + 1
 
     # -- keys ------------------------------------------------------------------------------
 

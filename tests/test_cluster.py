@@ -658,6 +658,7 @@ async def test_metrics_show_the_running_turn_on_its_node_and_health_names_each_n
         text = await metrics(node)
         assert re.search(r"^myagent_ws_stream_lag_seconds_count ", text, re.M), text
         assert metric(text, "myagent_ws_store_errors_total") == 0.0, (node.index, text)
+        assert "# TYPE myagent_ws_redis_errors_total counter" in text, text
         status, health = await node.get("/health")
         assert status == 200 and health["node"] == node.node_id, health
 
@@ -830,6 +831,9 @@ async def test_a_redis_outage_is_survived_and_sessions_work_again_after_it(
             status, health = await node.get("/health")
             assert status == 200 and health["status"] == "ok", health
             assert (await node.get("/ready"))[0] == 503
+            _, text = await node.get("/metrics")
+            failed = re.findall(r'^myagent_ws_redis_errors_total\{call="\w+"\} (\S+)$', text, re.M)
+            assert sum(map(float, failed)) > 0, text  # the outage is counted
 
         await private_redis.start()
         for node in cluster:
