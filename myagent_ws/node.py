@@ -8,7 +8,10 @@ session logs, its control channel, and the watch for processes that died.
   and runs the session's next queued message, if any. So a lost turn ends within
   node_lease_s, and a process stalled for under half of it is not counted as lost.
 - Tail: one blocking XREAD over the logs of every session with a connection here (plus
-  this process's wake stream, written when that set grows), from each one's last seq.
+  this process's wake stream, written when that set changes), from each one's last seq.
+  A session whose turn runs here is left out: this process appended its events and has
+  them already (what another process appended in between comes with its next append,
+  shared_session.py), so no event is read back by the process that wrote it.
 - Control: pub/sub on `ctl:<id>`: stop a turn that another process ended, or take the
   answer to its question.
 Every loop survives Redis going away: it counts the error, says so once, and retries
@@ -225,7 +228,7 @@ class Node:
         followed: dict[bytes, SharedSession] = {}
         streams: dict[Any, Any] = {self.store.wake_key(self.id): state["wake"]}
         for session in self.sessions.sessions.values():
-            if session.tailing and not session.closed:
+            if session.tailing and not session.closed and not session.busy:
                 key = self.store.log_key(session.id)
                 followed[key.encode()] = session
                 streams[key] = f"{session.buffer.last_seq}-0"

@@ -291,9 +291,19 @@ class RedisStore(Store):
             (agent, seq, closed), entries = await pipe.execute()
         if agent is None or closed == b"1":
             return None
+        return agent.decode(), int(seq or 0), self._frames(session_id, entries)
+
+    @_guarded
+    async def read(self, session_id: str, after: int, upto: int) -> list[tuple[int, bytes]]:
+        """The stored frames of seqs after `after` up to `upto`, oldest first."""
+        entries = await self.redis.xrange(
+            self.log_key(session_id), min=f"({after}-0", max=f"{upto}-0"
+        )
+        return self._frames(session_id, entries)
+
+    def _frames(self, session_id: str, entries: list[Any]) -> list[tuple[int, bytes]]:
         sid = session_id.encode()
-        frames = [(entry_seq(i), stamp(f[b"f"], sid, entry_seq(i))) for i, f in entries]
-        return agent.decode(), int(seq or 0), frames
+        return [(entry_seq(i), stamp(f[b"f"], sid, entry_seq(i))) for i, f in entries]
 
     @_guarded
     async def memory(self, session_id: str, known: int) -> tuple[int, bytes | None]:

@@ -128,6 +128,8 @@ class SharedSession(Session):
                 await self.stored(appended.first, batch)
                 if appended.next_text is not None:
                     self._run(appended.next_text, appended.holder)
+                elif end is not None and self.tailing:
+                    self._manager.node.follow()  # the tail reads this session again
         if self.turn is None or not self.turn.open:
             self._manager.release_if_idle(self)
 
@@ -145,9 +147,14 @@ class SharedSession(Session):
         return Appended(await self.store.append(self.id, events, fence, close))
 
     async def stored(self, first: int, batch: list[Entry]) -> None:
-        """Events appended by this process as seqs first.. : to its own connections now
-        (the tail skips what is here already), then to the plugins' observers."""
+        """Events appended by this process as seqs first.. : to its own connections now,
+        after any that other processes appended since this one last read the log; then to
+        the plugins' observers."""
         manager = self._manager
+        if self.tailing and first > self.buffer.last_seq + 1:
+            with contextlib.suppress(StoreUnavailable):  # else the tail brings them later
+                for seq, frame in await self.store.read(self.id, self.buffer.last_seq, first - 1):
+                    self.take(seq, frame, from_log=True)
         for offset, (name, body, event, _) in enumerate(batch):
             seq = first + offset
             self.take(seq, stamp(body, self._sid, seq))
@@ -182,6 +189,8 @@ class SharedSession(Session):
         if self.turn is not None and self.token == token:
             self.turn.abandon()
             self.mem_v = -1  # it may have finished here: take the stored memory next time
+            if self.tailing:
+                self._manager.node.follow()  # the tail reads this session again
 
     def _lost_events(self, fence: Any, exc: Exception) -> None:
         """Redis stayed out of reach past the retries: the events are not kept, the turn
