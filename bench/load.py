@@ -18,7 +18,7 @@ import math
 import re
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +28,7 @@ from serving import raise_open_files
 
 QUESTION = "北京今天天气怎么样？"
 TERMINAL = frozenset({"agent.final_answer", "agent.error", "agent.timeout", "agent.interrupted"})
+NOT_TURN = frozenset({"agent.session_created", "agent.session_resumed"})
 # The fake LLM stamps each answer token with its send time: µs modulo 1e10.
 STAMP = re.compile(r"t(\d{10}) ")
 STAMP_MOD = 10**10
@@ -260,12 +261,16 @@ async def _open(
 
 
 async def open_clients(
-    http: aiohttp.ClientSession, url: str, connections: int, stats: Stats
+    http: aiohttp.ClientSession, url: str | list[str], connections: int, stats: Stats
 ) -> list[Client]:
     """Connects and creates sessions, CONNECT_CONCURRENCY handshakes at once; drops the
-    failures."""
+    failures. With several URLs (server processes), connection i goes to url[i mod n]."""
+    urls = [url] if isinstance(url, str) else url
     gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
-    tasks = [asyncio.create_task(_open(http, url, stats, gate)) for _ in range(connections)]
+    tasks = [
+        asyncio.create_task(_open(http, urls[i % len(urls)], stats, gate))
+        for i in range(connections)
+    ]
     done, pending = await asyncio.wait(tasks, timeout=CONNECT_TIMEOUT_S)
     for task in pending:
         task.cancel()
@@ -296,13 +301,13 @@ async def _ramp(gate: asyncio.Semaphore, slots: int, ramp_s: float) -> None:
 
 
 async def run_turns(
-    url: str,
+    url: str | list[str],
     connections: int,
     turns: int,
     concurrent: int | None = None,
     timeout_s: float = 300.0,
     ramp_s: float = 0.0,
-    on_ready: Callable[[], None] | None = None,
+    on_ready: Callable[[], Awaitable[None] | None] | None = None,
     on_done: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """N connections with a session each, then M turns each (at most `concurrent` in flight).
@@ -311,9 +316,10 @@ async def run_turns(
     turn starts whenever one ends: `concurrent` stream at any moment, out of step with each
     other as users are (started together, every stream's tokens would arrive in bursts).
 
-    Phases: connect + create sessions, then `on_ready()`, the timed turn phase, `on_done()`
-    (connections still open), then close. The callbacks let a caller sample the server's
-    CPU and memory around the turn phase alone.
+    Phases: connect + create sessions, then `on_ready()` (awaited if it returns an
+    awaitable), the timed turn phase, `on_done()` (connections still open), then close. The
+    callbacks let a caller sample the server's CPU and memory around the turn phase alone.
+    Several URLs (server processes sharing a store): sessions go round-robin over them.
     """
     stats = Stats()
     async with _session() as http:
@@ -322,7 +328,9 @@ async def run_turns(
         t1 = time.perf_counter()
         try:
             if on_ready is not None:
-                on_ready()
+                pending_ready = on_ready()
+                if pending_ready is not None:
+                    await pending_ready
             gate = asyncio.Semaphore(0 if ramp_s else concurrent) if concurrent else None
             stats.counting = True
             t2 = time.perf_counter()
@@ -374,6 +382,153 @@ async def run_turns(
             "missing": stats.missing_seq,
         },
         "errors": dict(stats.errors.most_common(5)),
+    }
+
+
+class _Watcher:
+    """One connection of a routing pair: when each turn event (by seq) first arrived, and
+    each stamped answer token's delay from the fake LLM's write."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self.arrived: dict[int, float] = {}
+        self.token_us: list[int] = []
+        self.finals = 0
+        self.resumed_seq: int | None = None  # its own agent.session_resumed (B only)
+        self.changed = asyncio.Event()
+        self.reader: asyncio.Task[None] | None = None
+
+    async def first(self, kinds: tuple[str, ...]) -> dict[str, Any]:
+        """Frames until one of `kinds` (the handshake, before the reader runs)."""
+        async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
+            for _ in range(MAX_HANDSHAKE_FRAMES):
+                msg = await self.ws.receive()
+                if msg.type is not aiohttp.WSMsgType.TEXT:
+                    raise ConnectionError(f"closed during handshake ({msg.type.name})")
+                event = orjson.loads(msg.data)
+                if event.get("event") in kinds:
+                    return event
+                if event.get("event") == "system.error":
+                    raise ConnectionError(f"system.error: {event.get('content')}")
+        raise ConnectionError(f"none of {kinds}")
+
+    def start(self) -> None:
+        self.reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        for _ in range(MAX_FRAMES_PER_CONNECTION):
+            msg = await self.ws.receive()
+            if msg.type is not aiohttp.WSMsgType.TEXT:
+                break
+            now = time.perf_counter()
+            event = orjson.loads(msg.data)
+            seq, kind = event.get("seq"), event.get("event")
+            if not isinstance(seq, int) or kind in NOT_TURN:
+                continue
+            self.arrived.setdefault(seq, now)
+            if kind == "agent.partial_answer":
+                content = event.get("content")
+                if isinstance(content, str):
+                    now_us = time.time_ns() // 1000
+                    self.token_us += [(now_us - int(s)) % STAMP_MOD for s in STAMP.findall(content)]
+            elif kind in TERMINAL:
+                self.finals += 1
+                self.changed.set()
+        self.changed.set()
+
+    async def until_finals(self, count: int, deadline: float) -> bool:
+        while self.finals < count and not self.ws.closed:
+            self.changed.clear()
+            left = deadline - time.perf_counter()
+            if left <= 0:
+                return False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.changed.wait(), left)
+        return self.finals >= count
+
+    async def close(self) -> None:
+        if self.reader is not None:
+            self.reader.cancel()
+        with contextlib.suppress(Exception):
+            await self.ws.close()
+
+
+async def run_routing(
+    urls: list[str], pairs: int, turns: int = 1, timeout_s: float = 120.0
+) -> dict[str, Any]:
+    """Routing between server processes that share a store: `pairs` sessions, each watched
+    by two connections of this process. A creates the session on urls[i mod n] and sends
+    its messages, so its turns run there; B attaches to it with user.reconnect on
+    urls[(i + 1) mod n], another process (with one URL, the same one). For every turn
+    event both receive, B's arrival minus A's is the extra delay of a client on another
+    process (`routing_ms`); the fake LLM's stamped answer tokens give each one's delay from
+    the LLM's write (`token_a_ms`, `token_b_ms`). A's turns run `turns` in a row."""
+    errors: Counter[str] = Counter()
+    done: Counter[str] = Counter()
+    watchers: list[tuple[_Watcher, _Watcher, str]] = []
+    async with _session() as http:
+        try:
+            for i in range(pairs):
+                try:
+                    async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
+                        a = _Watcher(await http.ws_connect(urls[i % len(urls)], **WS_OPTIONS))
+                        await a.ws.send_str('{"event":"user.create_session"}')
+                        created = await a.first(("agent.session_created",))
+                        sid = created["session_id"]
+                        b = _Watcher(await http.ws_connect(urls[(i + 1) % len(urls)], **WS_OPTIONS))
+                        last = {"last_seq": created["seq"]}
+                        message = {"event": "user.reconnect", "session_id": sid, "content": last}
+                        await b.ws.send_str(orjson.dumps(message).decode())
+                        resumed = await b.first(("agent.session_resumed",))
+                        b.resumed_seq = resumed["seq"]
+                except (TimeoutError, OSError, aiohttp.ClientError, ConnectionError) as exc:
+                    errors[f"connect: {exc!r}"[:200]] += 1
+                    continue
+                a.start()
+                b.start()
+                watchers.append((a, b, sid))
+            t0 = time.perf_counter()
+            deadline = t0 + timeout_s
+
+            async def drive(a: _Watcher, b: _Watcher, sid: str) -> None:
+                message = {"event": "user.message", "session_id": sid, "content": QUESTION}
+                text = orjson.dumps(message).decode()
+                for turn in range(1, turns + 1):
+                    await a.ws.send_str(text)
+                    if not await a.until_finals(turn, deadline):
+                        done["a_timeout"] += 1
+                        return
+                    if not await b.until_finals(turn, deadline):
+                        done["b_timeout"] += 1
+                        return
+                    done["both_final"] += 1
+
+            await asyncio.gather(*(drive(a, b, sid) for a, b, sid in watchers))
+            elapsed = time.perf_counter() - t0
+        finally:
+            await asyncio.gather(*(w.close() for pair in watchers for w in pair[:2]))
+    delays: list[float] = []
+    missed = 0
+    for a, b, _ in watchers:
+        for seq, at in a.arrived.items():
+            if b.resumed_seq is not None and seq < b.resumed_seq:
+                continue
+            if seq in b.arrived:
+                delays.append(b.arrived[seq] - at)
+            else:
+                missed += 1
+    return {
+        "pairs": len(watchers),
+        "turns_expected": pairs * turns,
+        "turns_ok": done["both_final"],
+        "by_kind": dict(done),
+        "turn_s": round(elapsed, 3),
+        "events_compared": len(delays),
+        "events_missed_by_b": missed,
+        "routing_ms": _ms(delays),
+        "token_a_ms": _ms([float(u) for a, _, _ in watchers for u in a.token_us], 1e-3),
+        "token_b_ms": _ms([float(u) for _, b, _ in watchers for u in b.token_us], 1e-3),
+        "errors": dict(errors.most_common(5)),
     }
 
 

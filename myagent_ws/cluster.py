@@ -71,30 +71,30 @@ class SharedSessions(SessionManager):
             self.node.follow()
 
     async def reconnect(self, session_id: str, connection: Reader, last_seq: int) -> Session:
+        """As SessionManager.reconnect, from the session's log in Redis. One await (the
+        snapshot); everything after it is one synchronous step, so another reconnect or
+        detach of the same session meanwhile cannot leave this one half set up."""
+        found = await self.store.snapshot(session_id, max(last_seq, 0), self.settings.replay_buffer)
+        if found is None:
+            raise not_found(session_id)
         session = self.sessions.get(session_id)
-        if session is None or not session.tailing:
-            snapshot = await self.store.snapshot(
-                session_id, max(last_seq, 0), self.settings.replay_buffer
-            )
-            if snapshot is None:
-                raise not_found(session_id)
-            agent_name, current, frames = snapshot
-            if session is None:
-                session = SharedSession(session_id, agent_name, None, self)
-                self.sessions[session_id] = session
-            start = frames[0][0] if frames else current + 1
+        if session is None:
+            session = SharedSession(session_id, found.agent, None, self)
+            self.sessions[session_id] = session
+        if connection not in session.connections:
+            self._check_room(connection)
+        if not session.tailing:
+            start = found.frames[0][0] if found.frames else found.seq + 1
             session.buffer.restart(start)
             session.seq = start - 1
             session.tailing = True
-            for seq, frame in frames:
-                session.take(seq, frame, from_log=True)
             self.node.follow()
-        if connection not in session.connections:
-            self._check_room(connection)
+        for seq, frame in found.frames:  # those here already are skipped
+            session.take(seq, frame, from_log=True)
         buffer = session.buffer
         last_seq = min(max(last_seq, 0), session.seq)
         cursor = max(last_seq, buffer.first_seq - 1)
-        question = await self.store.pending(session_id)
+        question = found.question
         metadata: dict[str, Any] = {
             "last_seq": last_seq,
             "replayed": session.seq - cursor,

@@ -75,6 +75,21 @@ class Appended:
     next_text: str | None = None  # a queued message that now runs as the caller's turn
 
 
+# Redis connections a process uses for calls (its scripts are short: more would only
+# queue inside Redis, which runs one command at a time).
+POOL_SIZE = 32
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """A session as a reconnect finds it."""
+
+    agent: str
+    seq: int  # the last seq allocated
+    frames: list[tuple[int, bytes]]  # stored frames after the reconnect's last_seq
+    question: tuple[str, bytes] | None  # the waiting question (step_id, body)
+
+
 FENCED = -1
 GONE = -2
 
@@ -108,7 +123,12 @@ class RedisStore(Store):
             "retry_on_error": [RedisConnectionError, RedisTimeoutError],
             "health_check_interval": 10,
         }
-        self.redis = aioredis.Redis.from_url(url, **options)
+        # Past `max_connections` calls in flight, a call waits for a connection (the default
+        # pool fails it instead).
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=POOL_SIZE, timeout=options["socket_timeout"], **options
+        )
+        self.redis = aioredis.Redis(connection_pool=pool)
         # Blocking reads (the tail, pub/sub) get their own connections.
         self.blocking = aioredis.Redis.from_url(url, **{**options, "socket_timeout": None})
         self._scripts = {
@@ -274,24 +294,17 @@ class RedisStore(Store):
         return token.decode() if token else None
 
     @_guarded
-    async def pending(self, session_id: str) -> tuple[str, bytes] | None:
-        """The waiting question (step_id, body), if any."""
-        step, body = await self.redis.hmget(self.keys(session_id)[0], "pending", "pending_body")
-        return (step.decode(), body) if step and body else None
-
-    @_guarded
-    async def snapshot(
-        self, session_id: str, after: int, count: int
-    ) -> tuple[str, int, list[tuple[int, bytes]]] | None:
-        """For a process taking up a session: (agent, last seq, stored frames after
-        `after`, at most `count`), or None if it is gone. One round trip."""
+    async def snapshot(self, session_id: str, after: int, count: int) -> Snapshot | None:
+        """What a reconnect needs, in one round trip; None if the session is gone."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hmget(self.keys(session_id)[0], "agent", "seq", "closed")
+            record = self.keys(session_id)[0]
+            pipe.hmget(record, "agent", "seq", "closed", "pending", "pending_body")
             pipe.xrange(self.log_key(session_id), min=f"({after}-0", max="+", count=count)
-            (agent, seq, closed), entries = await pipe.execute()
+            (agent, seq, closed, step, body), entries = await pipe.execute()
         if agent is None or closed == b"1":
             return None
-        return agent.decode(), int(seq or 0), self._frames(session_id, entries)
+        question = (step.decode(), body) if step and body else None
+        return Snapshot(agent.decode(), int(seq or 0), self._frames(session_id, entries), question)
 
     @_guarded
     async def read(self, session_id: str, after: int, upto: int) -> list[tuple[int, bytes]]:
