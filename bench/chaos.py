@@ -47,8 +47,8 @@ from myagent_ws.registry import AgentRegistry
 from myagent_ws.sessions import SessionManager
 from myagent_ws.settings import Settings
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import multinode  # bench/ is not a package: found through sys.path
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # as a script: see run.py
+from bench import multinode
 
 WEATHER = Path(__file__).resolve().parents[1] / "examples" / "ws_weather_agent.py"
 TERMINAL = {"agent.final_answer", "agent.error", "agent.timeout", "agent.interrupted"}

@@ -16,15 +16,19 @@ import contextlib
 import inspect
 import math
 import re
+import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
-from serving import raise_open_files
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # as a script: see run.py
+from bench.serving import raise_open_files
 
 QUESTION = "北京今天天气怎么样？"
 TERMINAL = frozenset({"agent.final_answer", "agent.error", "agent.timeout", "agent.interrupted"})

@@ -1,10 +1,12 @@
 """Real `myagent-ws server` processes sharing one Redis store, for bench/chaos.py and
-bench/run.py: N processes on free loopback ports under a fresh key prefix, stopped with
-SIGTERM and then SIGKILL after a bound, and the prefix's keys deleted afterwards (also on
-failure or Ctrl-C); plus the Redis figures the bench reads (INFO commandstats, INFO cpu).
+bench/redis_bench.py: N processes on free loopback ports under a fresh key prefix, stopped
+with SIGTERM and then SIGKILL after a bound, and the prefix's keys deleted afterwards (also
+on failure or Ctrl-C). tests/cluster.py builds its test clusters on the same Node and
+helpers; bench/redis_stats.py reads Redis's own figures.
 
 The shared Redis is never flushed: every run works under a prefix of its own,
-`myagent-ws-bench:<8 hex>:`, and deletes only the keys under it.
+`myagent-ws-bench:<12 hex>:` (`myagent-ws-test:` for the tests), and deletes only the keys
+under it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
@@ -33,7 +36,8 @@ START_TIMEOUT_S = 30.0
 TERM_GRACE_S = 10.0  # after SIGTERM, before SIGKILL
 KILL_WAIT_S = 5.0
 # The environment a node does not inherit: no LLM endpoint and no server setting comes
-# from the shell running the bench (the offline model serves unless a flag says otherwise).
+# from the shell running the bench or the tests (the offline model serves unless a flag
+# says otherwise); what a node should have is passed to it.
 NOT_INHERITED = re.compile(r"OPENAI_\w+|MYAGENT\w*")
 
 
@@ -41,8 +45,15 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").lower() == "true"
 
 
-def fresh_prefix() -> str:
-    return f"myagent-ws-bench:{uuid4().hex[:8]}:"
+def node_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """A node's environment: this process's, less NOT_INHERITED, plus `extra`."""
+    inherited = {k: v for k, v in os.environ.items() if not NOT_INHERITED.fullmatch(k)}
+    return {**inherited, **(extra or {})}
+
+
+def fresh_prefix(owner: str = "bench") -> str:
+    """A Redis key prefix no other run (or test) uses: `myagent-ws-<owner>:<12 hex>:`."""
+    return f"myagent-ws-{owner}:{uuid4().hex[:12]}:"
 
 
 def loopback_redis(url: str) -> str:
@@ -54,7 +65,8 @@ def loopback_redis(url: str) -> str:
     return url
 
 
-def free_port(taken: set[int]) -> int:
+def free_port(taken: Collection[int] = ()) -> int:
+    """A port the kernel says is free on 127.0.0.1, not one of `taken`."""
     for _ in range(50):
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
@@ -64,7 +76,8 @@ def free_port(taken: set[int]) -> int:
     raise RuntimeError("no free loopback port in 50 tries")
 
 
-def _glob_escape(text: str) -> str:
+def glob_escape(text: str) -> str:
+    """`text` as a literal in a Redis MATCH pattern."""
     return re.sub(r"([\\*?\[\]])", r"\\\1", text)
 
 
@@ -87,7 +100,7 @@ def delete_prefix(url: str, prefix: str, max_keys: int = 10_000_000) -> int:
     client = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=2)
     deleted, batch = 0, []
     try:
-        for key in client.scan_iter(match=_glob_escape(prefix) + "*", count=1000):
+        for key in client.scan_iter(match=glob_escape(prefix) + "*", count=1000):
             batch.append(key)
             if len(batch) >= 1000:
                 deleted += client.unlink(*batch)
@@ -101,145 +114,45 @@ def delete_prefix(url: str, prefix: str, max_keys: int = 10_000_000) -> int:
     return deleted
 
 
-class RedisProbe:
-    """One connection to Redis for the bench's own questions (INFO), opened once, so its
-    connection handshake does not show up among the commands being counted."""
-
-    def __init__(self, url: str = REDIS_URL) -> None:
-        import redis
-
-        self.client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
-        self.client.ping()
-
-    def commands(self) -> dict[str, int]:
-        """Calls per command since Redis started (INFO commandstats), e.g. {"evalsha": 12}.
-        Redis 7 also counts the commands a Lua script runs, under their own names."""
-        info = self.client.info("commandstats")
-        return {
-            name.removeprefix("cmdstat_"): int(stats["calls"])
-            for name, stats in info.items()
-            if isinstance(stats, dict) and "calls" in stats
-        }
-
-    def cpu_s(self) -> float:
-        """Redis's own CPU time (user + system), from INFO cpu."""
-        info = self.client.info("cpu")
-        return float(info.get("used_cpu_user", 0.0)) + float(info.get("used_cpu_sys", 0.0))
-
-    def close(self) -> None:
-        self.client.close()
+async def exit_status(proc: subprocess.Popen[Any], timeout_s: float) -> int | None:
+    """Its exit status once it has exited, or None after `timeout_s` seconds."""
+    deadline = time.monotonic() + timeout_s
+    while proc.poll() is None and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.02)
+    return proc.poll()
 
 
-MONITOR_LINE = re.compile(r'^\+(\d+\.\d+) \[\d+ ([^\]]+)\] "([^"]*)"(.*)$')
+async def end_process(proc: subprocess.Popen[Any], sig: int, grace: float) -> None:
+    """`sig`, then the same again after `grace` s (a second SIGTERM skips a server's drain),
+    then SIGKILL 10 s later: every step bounded."""
+    for step, wait in ((sig, grace), (sig, 10.0), (signal.SIGKILL, 5.0)):
+        if proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(step)
+        if await exit_status(proc, wait) is not None:
+            return
 
 
-class Monitor:
-    """Redis MONITOR in a thread, to tell a node's own round trips from the commands its
-    Lua scripts run (INFO commandstats counts both alike). MONITOR costs Redis time: the
-    bench runs it in a phase of its own, never while it measures speed. `mark(name)`
-    sends ECHO <prefix><name>, which the capture shows in order with everything else."""
+# The waits below take a `timeout` in seconds, the name the tests call them with.
+class Node:
+    """One real `myagent-ws server` process serving `args` (agent files, more flags) on a
+    loopback port, optionally pinned to `cpus`; what it prints goes to a log file in
+    `logdir` (a pipe nobody drains would block it)."""
 
-    def __init__(self, url: str, prefix: str, max_bytes: int = 256 << 20,
-                 max_s: float = 300.0) -> None:  # fmt: skip
-        import threading
-
-        parts = urlsplit(loopback_redis(url))
-        self.address = (parts.hostname or "127.0.0.1", parts.port or 6379)
-        self.prefix = prefix
-        self.max_bytes, self.max_s = max_bytes, max_s
-        self._stop = threading.Event()
-        self._chunks: list[bytes] = []
-        self._thread = threading.Thread(target=self._read, name="redis-monitor", daemon=True)
-        self._sock: socket.socket | None = None
-        self._marker: Any = None
-
-    def start(self) -> None:
-        import redis
-
-        self._sock = socket.create_connection(self.address, timeout=2)
-        self._sock.sendall(b"MONITOR\r\n")
-        self._sock.settimeout(0.2)
-        host, port = self.address
-        self._marker = redis.Redis(host=host, port=port, socket_timeout=5)
-        self._thread.start()
-
-    def mark(self, name: str) -> None:
-        assert self._marker is not None
-        self._marker.echo(f"{self.prefix}{name}")
-
-    def _read(self) -> None:
-        assert self._sock is not None
-        deadline, size = time.monotonic() + self.max_s, 0
-        while not self._stop.is_set() and time.monotonic() < deadline and size < self.max_bytes:
-            try:
-                data = self._sock.recv(1 << 20)
-            except TimeoutError:
-                continue
-            except OSError:
-                break
-            if not data:
-                break
-            self._chunks.append(data)
-            size += len(data)
-
-    def stop(self) -> list[tuple[float, str, str, str]]:
-        """Stop capturing; the lines as (time, client address or "lua", command, args)."""
-        self._stop.set()
-        self._thread.join(timeout=5)
-        for closable in (self._sock, self._marker):
-            with contextlib.suppress(Exception):
-                if closable is not None:
-                    closable.close()
-        lines = []
-        for raw in b"".join(self._chunks).split(b"\r\n"):
-            match = MONITOR_LINE.match(raw.decode(errors="replace"))
-            if match:
-                stamp, who, command, args = match.groups()
-                lines.append((float(stamp), who, command.lower(), args))
-        return lines
-
-    def split(self, lines: list[tuple[float, str, str, str]], start: str,
-              end: str) -> tuple[dict[str, int], dict[str, int], float]:  # fmt: skip
-        """Between the marks `start` and `end`: (round trips by command, script commands by
-        command, seconds), counting only the clients that used this prefix (the nodes) and
-        the scripts they ran (a script's commands follow its EVALSHA, nothing between)."""
-        ours = {who for _, who, _, args in lines if who != "lua" and self.prefix in args}
-        ours -= {who for _, who, command, args in lines if command == "echo"}  # the marks
-        trips: dict[str, int] = {}
-        scripted: dict[str, int] = {}
-        inside, t0, t1, caller_ours = False, 0.0, 0.0, False
-        for stamp, who, command, args in lines:
-            if command == "echo" and f"{self.prefix}{start}" in args:
-                inside, t0 = True, stamp
-                continue
-            if command == "echo" and f"{self.prefix}{end}" in args:
-                t1 = stamp
-                break
-            if not inside:
-                continue
-            if who == "lua":
-                if caller_ours:
-                    scripted[command] = scripted.get(command, 0) + 1
-                continue
-            caller_ours = who in ours
-            if caller_ours:
-                trips[command] = trips.get(command, 0) + 1
-        return trips, scripted, max(t1 - t0, 1e-9)
-
-
-class NodeProc:
-    """One server process; what it prints goes to a log file (a pipe nobody drains would
-    block it)."""
-
-    def __init__(self, index: int, port: int, argv: list[str], env: dict[str, str],
-                 logdir: Path, cpus: set[int] | None) -> None:  # fmt: skip
+    def __init__(self, index: int, port: int, args: list[str], env: dict[str, str],
+                 logdir: Path, *, cpus: set[int] | None = None,
+                 python: str = sys.executable) -> None:  # fmt: skip
         self.index = index
         self.port = port
-        self.url = f"ws://127.0.0.1:{port}/"
+        self.url = f"ws://127.0.0.1:{port}"
         self.http = f"http://127.0.0.1:{port}"
-        self.node_id = ""
+        self.address = f"127.0.0.1:{port}"
+        self.health: dict[str, Any] = {}
         self.log_path = logdir / f"node{index}-{port}.log"
         self._log: IO[bytes] = self.log_path.open("wb")
+        argv = [python, "-m", "myagent_ws", "server", *args]
+        argv += ["--host", "127.0.0.1", "--port", str(port)]
         self.proc = subprocess.Popen(
             argv, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -252,42 +165,79 @@ class NodeProc:
     def pid(self) -> int:
         return self.proc.pid
 
+    @property
+    def node_id(self) -> str | None:
+        """The "node" field of its /health (after wait_health)."""
+        return self.health.get("node")
+
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def output(self, chars: int = 1_000_000) -> str:
+    def output(self, chars: int | None = None) -> str:
+        """What it has printed so far (only the last `chars` bytes of it, if given)."""
         with contextlib.suppress(OSError, ValueError):
             if not self._log.closed:
                 self._log.flush()
-            return self.log_path.read_bytes()[-chars:].decode(errors="replace")
+            data = self.log_path.read_bytes()
+            return (data[-chars:] if chars else data).decode(errors="replace")
         return ""
 
-    async def wait_health(self, http: aiohttp.ClientSession, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
+    async def get(self, path: str, timeout: float = 5.0) -> tuple[int, Any]:  # noqa: ASYNC109
+        """(status, JSON body or text) of a GET on this node."""
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as http,
+            http.get(self.http + path) as response,
+        ):
+            try:
+                body: Any = await response.json(content_type=None)
+            except ValueError:
+                body = await response.text()
+            return response.status, body
+
+    async def wait_health(self, timeout: float = START_TIMEOUT_S,  # noqa: ASYNC109
+                          path: str = "/health") -> dict[str, Any]:  # fmt: skip
+        """Poll `path` until it answers 200 (then keep its JSON in .health for /health);
+        fail with the node's output if it exits or `timeout` passes first."""
+        deadline = time.monotonic() + timeout
         last: Any = None
         while time.monotonic() < deadline:
             if not self.alive():
                 raise RuntimeError(
-                    f"node {self.index} exited with {self.proc.returncode}:\n{self.output(3000)}"
+                    f"node {self.index} exited with {self.proc.returncode}:\n{self.output()}"
                 )
             try:
-                async with http.get(self.http + "/ready") as response:
-                    last = response.status
-                    if response.status == 200:
-                        async with http.get(self.http + "/health") as health:
-                            self.node_id = (await health.json()).get("node") or ""
-                        return
+                status, body = await self.get(path, timeout=2.0)
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 last = exc
+            else:
+                last = (status, body)
+                if status == 200:
+                    if path == "/health":
+                        self.health = body
+                    return body
             await asyncio.sleep(0.05)
         raise TimeoutError(
-            f"node {self.index} not ready in {timeout_s} s (last: {last!r}):\n{self.output(3000)}"
+            f"node {self.index} did not answer 200 on {path} in {timeout} s (last: {last!r}):\n"
+            f"{self.output()}"
         )
 
-    def signal(self, sig: int) -> None:
+    async def wait_ready(self, timeout: float = START_TIMEOUT_S) -> dict[str, Any]:  # noqa: ASYNC109
+        return await self.wait_health(timeout, path="/ready")
+
+    def send_signal(self, sig: int) -> None:
         if self.alive():
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(sig)
+            self.proc.send_signal(sig)  # a process that has just exited is skipped
+
+    async def wait_exit(self, timeout: float = 45.0) -> int:  # noqa: ASYNC109
+        status = await exit_status(self.proc, timeout)
+        if status is None:
+            raise TimeoutError(f"node {self.index} still runs after {timeout} s")
+        return status
+
+    async def stop(self, sig: int = signal.SIGTERM, grace: float = 2.0) -> None:
+        """End it as end_process does, then close its log."""
+        await end_process(self.proc, sig, grace)
+        self.close_log()
 
     def close_log(self) -> None:
         with contextlib.suppress(OSError):
@@ -314,11 +264,11 @@ class NodeSet:
         self.logdir.mkdir(parents=True, exist_ok=True)
         self.cpus = cpus
         self.python = python
-        self.nodes: list[NodeProc] = []
+        self.nodes: list[Node] = []
         self.deleted_keys = 0
         self._stopped = False
 
-    def __getitem__(self, index: int) -> NodeProc:
+    def __getitem__(self, index: int) -> Node:
         return self.nodes[index]
 
     def __len__(self) -> int:
@@ -326,7 +276,7 @@ class NodeSet:
 
     @property
     def urls(self) -> list[str]:
-        return [node.url for node in self.nodes]
+        return [node.url + "/" for node in self.nodes]
 
     async def __aenter__(self) -> NodeSet:
         return await self.start()
@@ -338,18 +288,18 @@ class NodeSet:
         if not redis_ping(self.store_url):
             raise RuntimeError(f"no Redis answers at {self.store_url}")
         NodeSet.live.append(self)
-        env = {k: v for k, v in os.environ.items() if not NOT_INHERITED.fullmatch(k)}
+        env = node_env()
+        args = [*self.args, "--store", self.store_url, "--store-prefix", self.prefix]
         taken: set[int] = set()
         for index in range(self.count):
             port = free_port(taken)
             taken.add(port)
-            argv = [self.python, "-m", "myagent_ws", "server", *self.args]
-            argv += ["--host", "127.0.0.1", "--port", str(port)]
-            argv += ["--store", self.store_url, "--store-prefix", self.prefix]
-            self.nodes.append(NodeProc(index, port, argv, env, self.logdir, self.cpus))
-        timeout = aiohttp.ClientTimeout(total=2)
-        async with aiohttp.ClientSession(timeout=timeout) as http:
-            await asyncio.gather(*(node.wait_health(http, timeout_s) for node in self.nodes))
+            self.nodes.append(
+                Node(index, port, args, env, self.logdir, cpus=self.cpus, python=self.python)
+            )
+        # Ready (its store reachable), then its /health for the node id.
+        await asyncio.gather(*(node.wait_ready(timeout_s) for node in self.nodes))
+        await asyncio.gather(*(node.wait_health(timeout_s) for node in self.nodes))
         return self
 
     def log_lines(self, pattern: str = r"\b(WARNING|ERROR|CRITICAL|Traceback)\b") -> list[str]:
@@ -358,7 +308,7 @@ class NodeSet:
         return [
             f"node {node.index}: {line}"
             for node in self.nodes
-            for line in node.output().splitlines()
+            for line in node.output(1_000_000).splitlines()
             if found.search(line)
         ]
 
@@ -370,17 +320,17 @@ class NodeSet:
         self._stopped = True
         try:
             for node in self.nodes:
-                node.signal(signal.SIGTERM)
+                node.send_signal(signal.SIGTERM)
             for sig, wait_s in ((None, TERM_GRACE_S), (signal.SIGKILL, KILL_WAIT_S)):
                 if sig is not None:
                     for node in self.nodes:
-                        node.signal(sig)
+                        node.send_signal(sig)
                 deadline = time.monotonic() + wait_s
                 while any(n.alive() for n in self.nodes) and time.monotonic() < deadline:  # noqa: ASYNC110
                     await asyncio.sleep(0.05)
         except asyncio.CancelledError:  # cancelled while waiting: no more waiting
             for node in self.nodes:
-                node.signal(signal.SIGKILL)
+                node.send_signal(signal.SIGKILL)
             raise
         finally:
             self._finish()
@@ -392,7 +342,7 @@ class NodeSet:
         self._stopped = True
         for sig, wait_s in ((signal.SIGTERM, TERM_GRACE_S), (signal.SIGKILL, KILL_WAIT_S)):
             for node in self.nodes:
-                node.signal(sig)
+                node.send_signal(sig)
             deadline = time.monotonic() + wait_s
             while any(n.alive() for n in self.nodes) and time.monotonic() < deadline:
                 time.sleep(0.05)

@@ -5,45 +5,45 @@ memory store), and a real nginx from deploy/nginx.conf in front of them.
 Redis is expected on 127.0.0.1:6379 and nginx on PATH or at /usr/sbin/nginx (.ci/run
 installs and starts both). Without them a test is skipped, except in CI (CI=true), where it
 fails. The fixtures `cluster_factory` and `nginx_factory` in tests/conftest.py start and
-stop these."""
+stop these. A node is bench/multinode.py's Node, the process the bench's multi-process runs
+start too, and the free ports, key prefixes and Redis helpers are that module's."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any, NoReturn
-from uuid import uuid4
 
-import aiohttp
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-WEATHER = str(ROOT / "examples" / "ws_weather_agent.py")
+from bench import multinode
+from bench.multinode import (
+    REDIS_URL,
+    ROOT,
+    WEATHER,
+    Node,
+    delete_prefix,
+    end_process,
+    free_port,
+    glob_escape,
+    in_ci,
+    node_env,
+    redis_ping,
+)
+
 NGINX_CONF = ROOT / "deploy" / "nginx.conf"
-REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
-REDIS_URL = f"redis://{REDIS_HOST}:{REDIS_PORT}/0"
 
 # What deploy/nginx.conf says that a test replaces (and nothing else): the port nginx
 # listens on, and the upstream's `server app:8080;` line(s), which become one line per node.
 NGINX_LISTEN = re.compile(r"^([ \t]*)listen[ \t]+80;[^\n]*$", re.M)
 NGINX_UPSTREAM = re.compile(r"^([ \t]*)server[ \t]+app:8080;[^\n]*$", re.M)
-# Variables of the parent's environment a node does not inherit: no setting and no LLM
-# endpoint comes from the developer's shell; a test passes what it wants in `env`.
-NOT_INHERITED = re.compile(r"MYAGENT_WS_\w+|OPENAI_API_KEY|OPENAI_BASE_URL|MYAGENT_MODEL")
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() == "true"
 
 
 def unavailable(what: str) -> NoReturn:
@@ -54,19 +54,13 @@ def unavailable(what: str) -> NoReturn:
 
 
 def redis_available(timeout: float = 1.0) -> bool:
-    """Whether a Redis answers PING on 127.0.0.1:6379."""
-    try:
-        with socket.create_connection((REDIS_HOST, REDIS_PORT), timeout=timeout) as sock:
-            sock.settimeout(timeout)
-            sock.sendall(b"PING\r\n")
-            return sock.recv(64).startswith(b"+PONG")
-    except OSError:
-        return False
+    """Whether a Redis answers PING at REDIS_URL (127.0.0.1:6379)."""
+    return redis_ping(REDIS_URL, timeout)
 
 
 def require_redis() -> None:
     if not redis_available():
-        unavailable(f"no Redis answers PING on {REDIS_HOST}:{REDIS_PORT}")
+        unavailable(f"no Redis answers PING at {REDIS_URL}")
 
 
 def nginx_binary() -> str | None:
@@ -84,19 +78,9 @@ def require_nginx() -> str:
     return binary
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def fresh_prefix() -> str:
-    """A Redis key prefix no other test (or run) uses."""
-    return f"myagent-ws-test:{uuid4().hex[:12]}:"
-
-
-def _glob_escape(text: str) -> str:
-    return re.sub(r"([\\*?\[\]])", r"\\\1", text)
+    """A Redis key prefix no other test (or run) uses: `myagent-ws-test:<12 hex>:`."""
+    return multinode.fresh_prefix("test")
 
 
 async def redis_keys(prefix: str, url: str = REDIS_URL) -> list[str]:
@@ -105,141 +89,14 @@ async def redis_keys(prefix: str, url: str = REDIS_URL) -> list[str]:
 
     client = aioredis.Redis.from_url(url, decode_responses=True)
     try:
-        return [key async for key in client.scan_iter(match=_glob_escape(prefix) + "*", count=500)]
+        return [key async for key in client.scan_iter(match=glob_escape(prefix) + "*", count=500)]
     finally:
         await client.aclose()
 
 
 async def delete_keys(prefix: str, url: str = REDIS_URL) -> int:
     """Delete every key under `prefix`; how many there were."""
-    import redis.asyncio as aioredis
-
-    client = aioredis.Redis.from_url(url)
-    deleted = 0
-    try:
-        batch: list[bytes] = []
-        async for key in client.scan_iter(match=_glob_escape(prefix) + "*", count=500):
-            batch.append(key)
-            if len(batch) >= 500:
-                deleted += await client.unlink(*batch)
-                batch = []
-        if batch:
-            deleted += await client.unlink(*batch)
-    finally:
-        await client.aclose()
-    return deleted
-
-
-async def _wait_exit(proc: subprocess.Popen[Any], timeout: float) -> int | None:
-    """Its exit status once it has exited, or None after `timeout` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while proc.poll() is None and loop.time() < deadline:
-        await asyncio.sleep(0.02)
-    return proc.poll()
-
-
-async def _end(proc: subprocess.Popen[Any], sig: int, grace: float) -> None:
-    """`sig`, then the same again after `grace` s (a second SIGTERM skips a server's drain),
-    then SIGKILL 10 s later: every step bounded."""
-    for step, wait in ((sig, grace), (sig, 10.0), (signal.SIGKILL, 5.0)):
-        if proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(step)
-        if await _wait_exit(proc, wait) is not None:
-            return
-
-
-class Node:
-    """One real `myagent-ws server` process on a free loopback port; what it prints goes to
-    a log file (a pipe nobody reads could fill and stall it)."""
-
-    def __init__(
-        self, index: int, port: int, args: list[str], env: dict[str, str], workdir: Path
-    ) -> None:
-        self.index = index
-        self.port = port
-        self.url = f"ws://127.0.0.1:{self.port}"
-        self.http = f"http://127.0.0.1:{self.port}"
-        self.address = f"127.0.0.1:{self.port}"
-        self.health: dict[str, Any] = {}
-        self.log_path = workdir / f"node{index}-{self.port}.log"
-        self._log: IO[str] = open(self.log_path, "w", encoding="utf-8")
-        command = [sys.executable, "-m", "myagent_ws", "server", *args]
-        command += ["--host", "127.0.0.1", "--port", str(self.port)]
-        self.proc = subprocess.Popen(
-            command, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT, text=True
-        )
-
-    @property
-    def node_id(self) -> str | None:
-        """The "node" field of its /health (after wait_health)."""
-        return self.health.get("node")
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def output(self) -> str:
-        """Everything it has printed so far."""
-        if not self._log.closed:
-            self._log.flush()
-        return self.log_path.read_text(encoding="utf-8", errors="replace")
-
-    async def get(self, path: str, timeout: float = 5.0) -> tuple[int, Any]:
-        """(status, JSON body or text) of a GET on this node."""
-        async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as http,
-            http.get(self.http + path) as response,
-        ):
-            try:
-                body: Any = await response.json(content_type=None)
-            except ValueError:
-                body = await response.text()
-            return response.status, body
-
-    async def wait_health(self, timeout: float = 30.0, path: str = "/health") -> dict[str, Any]:
-        """Poll `path` until it answers 200 (then keep its JSON in .health for /health);
-        fail with the node's output if it exits or `timeout` passes first."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        last: Any = None
-        while loop.time() < deadline:
-            if not self.alive():
-                raise AssertionError(
-                    f"node {self.index} exited with {self.proc.returncode}:\n{self.output()}"
-                )
-            try:
-                status, body = await self.get(path, timeout=2.0)
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                last = exc
-            else:
-                last = (status, body)
-                if status == 200:
-                    if path == "/health":
-                        self.health = body
-                    return body
-            await asyncio.sleep(0.05)
-        raise AssertionError(
-            f"node {self.index} did not answer 200 on {path} in {timeout} s (last: {last!r}):\n"
-            f"{self.output()}"
-        )
-
-    async def wait_ready(self, timeout: float = 30.0) -> dict[str, Any]:
-        return await self.wait_health(timeout, path="/ready")
-
-    def send_signal(self, sig: int) -> None:
-        if self.alive():
-            self.proc.send_signal(sig)
-
-    async def wait_exit(self, timeout: float = 45.0) -> int:
-        status = await _wait_exit(self.proc, timeout)
-        assert status is not None, f"node {self.index} still runs after {timeout} s"
-        return status
-
-    async def stop(self, sig: int = signal.SIGTERM, grace: float = 2.0) -> None:
-        await _end(self.proc, sig, grace)
-        self._log.close()
+    return await asyncio.to_thread(delete_prefix, url, prefix)
 
 
 class Cluster:
@@ -267,8 +124,7 @@ class Cluster:
         self.args = list(args)
         if store is not None:
             self.args += ["--store", store, "--store-prefix", self.prefix]
-        inherited = {k: v for k, v in os.environ.items() if not NOT_INHERITED.fullmatch(k)}
-        self.env = {**inherited, **(env or {})}
+        self.env = node_env(env)
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="myagent-ws-cluster-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.nodes: list[Node] = []
@@ -297,8 +153,7 @@ class Cluster:
         return self
 
     def _spawn(self) -> Node:
-        taken = {node.port for node in self.nodes}
-        port = next(p for p in (free_port() for _ in range(20)) if p not in taken)
+        port = free_port({node.port for node in self.nodes})
         node = Node(len(self.nodes), port, self.args, self.env, self.workdir)
         self.nodes.append(node)
         return node
@@ -433,6 +288,6 @@ class Nginx:
     async def stop(self) -> None:
         """Fast shutdown (SIGTERM: open WebSockets are cut, not waited for), bounded."""
         if self.proc is not None:
-            await _end(self.proc, signal.SIGTERM, 5.0)
+            await end_process(self.proc, signal.SIGTERM, 5.0)
         if self._log is not None:
             self._log.close()
