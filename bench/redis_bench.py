@@ -32,11 +32,6 @@ from bench.harness import (
 from bench.report import Row, Target, compared_rows, div, fmt, md_table, text_table
 
 REDIS_NODES = (1, 3)
-# A server process's Redis client is redis-py's default pool: 100 connections, and a call
-# past them fails at once ("Too many connections") instead of waiting. More sessions than
-# that running turns on one process make its store calls fail (a server bug, reported), so
-# the turn phase keeps under it: 1 node must take every session.
-REDIS_MAX_SESSIONS_PER_NODE = 90
 # Our own questions to Redis, not the servers' commands.
 BENCH_COMMANDS = {"info"}
 
@@ -336,10 +331,7 @@ REDIS_NOTE = (
     "unpinned, the load client and the fake LLM on CPUs {load}), so 3 nodes cannot give 3× "
     "the turns/s of one: a second process only adds what the CPUs have left, and every "
     "turn also costs Redis CPU (a separate, single-threaded service) and the load "
-    "client's. The turn phase keeps to {cap} sessions: a server process's Redis client "
-    "fails calls past 100 in flight (redis-py's default pool) instead of waiting, which a "
-    "larger count on one node hits: turns then end with 'store unreachable' although Redis "
-    "is fine (a server bug found with this bench). Routing: the 1st client gets "
+    "client's. Routing: the 1st client gets "
     "each event after its Redis append; the 2nd, on another node, gets it from that node's "
     "blocking XREAD of the session's log, so the difference is the extra hop. Redis "
     "commands per turn are INFO commandstats over the turn phase of 1 node, less the "
@@ -406,7 +398,6 @@ def redis_report(
     note = REDIS_NOTE.format(
         nproc=os.cpu_count(),
         load=sorted(LOAD_CPUS) if LOAD_CPUS else "any",
-        cap=sizes.redis_sessions,
         idle=sizes.redis_idle_s,
     )
     text = ["", f"== {title}: {described}", text_table(rows, header)]
