@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 
 # Events waiting for Redis past which a turn waits (pace) before producing more.
 OUTBOX_PACE = 256
+# One append call carries at most this many events, or stops once past this many bytes.
+BATCH_EVENTS = 128
+BATCH_BYTES = 1 << 20
 # An outbox entry: (event name, body, event, fence) or, for a turn's end, (None, memory,
 # next turn's token, turn token).
 Entry = tuple[Any, Any, Any, Any]
@@ -102,19 +105,23 @@ class SharedSession(Session):
                 await self._flusher
 
     async def _flush(self) -> None:
-        """Append the outbox in order, a batch per round trip (a batch: the entries with
-        one fence, up to a turn's end)."""
+        """Append the outbox in order, a batch per round trip (a batch: entries with one
+        fence, up to a turn's end, at most BATCH_EVENTS or about BATCH_BYTES)."""
         outbox = self._outbox
         while outbox:
             fence = outbox[0][3]
             batch: list[Entry] = []
             end: Entry | None = None
+            size = 0
             while outbox and outbox[0][3] == fence:
-                entry = outbox.popleft()
-                if entry[0] is None:
-                    end = entry
+                entry = outbox[0]
+                if entry[0] is None:  # a turn's end goes with its terminal event
+                    end = outbox.popleft()
                     break
-                batch.append(entry)
+                if batch and (len(batch) >= BATCH_EVENTS or size >= BATCH_BYTES):
+                    break
+                batch.append(outbox.popleft())
+                size += len(entry[1])
             try:
                 appended = await self._append(batch, fence, end)
             except StoreUnavailable as exc:

@@ -630,6 +630,25 @@ async def test_memory_moves_with_the_session_across_three_nodes(start_cluster, o
     assert_exactly_once([e for c in conns for e in c.of(sid)])
 
 
+async def test_a_burst_of_events_from_one_node_reaches_another_node_whole_and_in_order(
+    start_cluster, open_conn
+):
+    """600 pieces streamed with no pause: the running node appends them in batches (at most
+    128 events per call), and a client on another node gets each once, in order."""
+    cluster = await start_cluster()
+    runner = await open_conn(cluster[0], "aiohttp")
+    sid = await runner.create()
+    watcher = await open_conn(cluster[1], "websockets")
+    await watcher.reconnect(sid, 0)
+    answer = await runner.turn(sid, "stream 600 0")
+    assert answer["content"] == "streamed 600", answer
+    final = await watcher.until(lambda e: e["event"] in TERMINAL, 15, "the final answer")
+    assert final["seq"] == answer["seq"], (final, answer)
+    pieces = [e["content"] for e in watcher.of(sid) if e["event"] == "agent.partial_answer"]
+    assert pieces == [f"<{i}>" for i in range(600)]
+    assert_exactly_once(watcher.of(sid))
+
+
 # --- 7. operator endpoints -----------------------------------------------------------------------
 
 
