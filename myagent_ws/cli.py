@@ -179,6 +179,14 @@ def server(
         )
     else:
         click.echo(f"🧠 LLM: {info.get('model')} at {info.get('base_url') or 'api.openai.com'}")
+    if settings.store == "memory":
+        click.echo("🗄  sessions: in this process (--store redis://HOST:PORT/DB to share them)")
+    else:
+        from .redis_store import redacted
+
+        click.echo(
+            f"🗄  sessions: Redis at {redacted(settings.store)}, keys {settings.store_prefix}*"
+        )
     shown = "localhost" if host in ("0.0.0.0", "::", "localhost") else host
     click.echo(f"🚀 MyAgent WebSocket server running at ws://{shown}:{port}")
     operator = f"http://{shown}:{settings.health_port or port}"

@@ -42,6 +42,11 @@ def stamp(body: bytes, session_id: bytes, seq: int) -> bytes:
     return b'%s,"seq":%d,"event_id":"%s:%d"}' % (body[:-1], seq, session_id, seq)
 
 
+def redacted(url: str) -> str:
+    """host:port/db of a Redis URL: what messages and the banner show (no password)."""
+    return url.split("://", 1)[-1].split("@")[-1]
+
+
 def _scripts() -> dict[str, str]:
     text = files(__package__).joinpath("redis_store.lua").read_text(encoding="utf-8")
     shared, *parts = text.split("\n--- ")
@@ -110,7 +115,7 @@ class RedisStore(Store):
         max_bytes: int = 1 << 20,
     ) -> None:
         self.url = url
-        self.where = url.split("@")[-1]  # no password in messages
+        self.where = redacted(url)
         self.prefix = prefix
         self.ttl_ms = int(ttl_s * 1000)
         self.max_events = max_events

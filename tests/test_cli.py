@@ -44,6 +44,7 @@ def test_banner_names_file_agent_offline_model_and_url(cli_server):
     assert f"ws://127.0.0.1:{server.port}" in output
     # uvloop is in the test extra, so every CLI test here serves on it.
     assert "event loop: uvloop" in output
+    assert "sessions: in this process" in output
     assert server.proc.returncode == 0
 
 

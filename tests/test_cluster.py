@@ -662,6 +662,8 @@ async def test_metrics_show_the_running_turn_on_its_node_and_health_names_each_n
     cluster = await start_cluster()
     ids = [node.node_id for node in cluster]
     assert all(ids) and len(set(ids)) == 3, ids
+    for node in cluster:  # the banner says where the sessions live
+        assert f"sessions: Redis at 127.0.0.1:6379/0, keys {cluster.prefix}*" in node.output()
 
     conn = await open_conn(cluster[1], "websockets")
     sid = await conn.create()
