@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import orjson
 
@@ -22,7 +22,6 @@ from .sessions import (
     end_event,
     new_session_id,
     not_found,
-    resumed_event,
 )
 from .shared_session import SharedSession
 from .store import SessionRecord, StoreUnavailable
@@ -91,20 +90,8 @@ class SharedSessions(SessionManager):
             self.node.follow()
         for seq, frame in found.frames:  # those here already are skipped
             session.take(seq, frame, from_log=True)
-        buffer = session.buffer
-        last_seq = min(max(last_seq, 0), session.seq)
-        cursor = max(last_seq, buffer.first_seq - 1)
         question = found.question
-        metadata: dict[str, Any] = {
-            "last_seq": last_seq,
-            "replayed": session.seq - cursor,
-            "pending_confirm": [question[0]] if question else [],
-        }
-        if cursor > last_seq:
-            metadata["replay_gap"] = {"from": last_seq + 1, "to": cursor}
-        self._attach(session, connection, cursor)
-        session.last_active = time.monotonic()
-        session.emit(resumed_event(session, metadata))
+        self._resume(session, connection, last_seq, question[0] if question else None)
         if question is not None:  # asked again, only while it still waits
             step_id, body = question
             event = orjson.loads(body)
@@ -197,7 +184,7 @@ class SharedSessions(SessionManager):
             for s in served
             if s.connections
             and not s.busy
-            and s.last_active <= (time.monotonic() - self.settings.session_idle_ttl_s)
+            and s.last_active <= now - self.settings.session_idle_ttl_s
         ]
         if not candidates:
             return 0

@@ -96,7 +96,7 @@ class Connection(Outbound):
     async def _handle(self, data: str) -> None:
         if self.debug:
             frames_log.debug("%s << %s", self.id, data)
-        message: dict[str, Any] = {}
+        message: dict[str, Any] | None = None
         try:
             try:
                 message = self.protocol.decode(data)
@@ -110,7 +110,7 @@ class Connection(Outbound):
             self._reply_error(exc)
         except StoreUnavailable as exc:
             log.error("connection %s: the session store failed: %s", self.id, exc)
-            self._reply_error(store_down(message.get("session_id")))
+            self._reply_error(store_down(message and message.get("session_id")))
         except Exception:
             log.exception("connection %s: handling a frame failed", self.id)
             self._reply_error(

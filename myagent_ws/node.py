@@ -35,6 +35,7 @@ from redis.exceptions import RedisError
 
 from .redis_store import RedisStore, entry_seq, stamp
 from .runner import error_event
+from .shared_session import stored_body
 from .store import StoreUnavailable
 
 if TYPE_CHECKING:
@@ -140,9 +141,16 @@ class Node:
             "The session store (Redis) was unreachable, so this turn was stopped; send the "
             "message again."
         )
-        terminal = _terminal(session_id, "internal_error", message)
-        await self.store.stop(session_id, terminal[:2], None, self.id)
+        name, body, _ = self._terminal(session_id, "internal_error", message)
+        await self.store.stop(session_id, (name, body), None, self.id)
         del self._orphans[session_id]
+
+    def _terminal(self, session_id: str, code: str, message: str) -> tuple[str, bytes, Any]:
+        """An agent.error this process appends for a turn it does not run: (name, body,
+        event)."""
+        event = error_event(code, message)
+        body = stored_body(event, session_id, self.sessions.settings.max_event_bytes)
+        return event["event"], body, event
 
     # -- lost processes -------------------------------------------------------------------------
 
@@ -161,7 +169,7 @@ class Node:
             "The server process running this turn stopped answering, so the turn was "
             "ended; send the message again (any server can run it)."
         )
-        name, body, terminal = _terminal(session_id, "node_lost", message)
+        name, body, terminal = self._terminal(session_id, "node_lost", message)
         next_token = None if self.sessions.draining else self.new_token()
         appended = await self.store.stop(session_id, (name, body), None, node, next_token)
         if appended.first <= 0:
@@ -250,11 +258,3 @@ class Node:
                 if fields[b"e"] == b"agent.session_end":
                     self.sessions.ended_elsewhere(session)
                     break
-
-
-def _terminal(session_id: str, code: str, message: str) -> tuple[str, bytes, dict[str, Any]]:
-    """An agent.error that this process appends for a turn it does not run: (name, body,
-    event)."""
-    event = error_event(code, message)
-    event["session_id"] = session_id
-    return event["event"], orjson.dumps(event), event

@@ -239,8 +239,9 @@ class RedisStore(Store):
         memory: bytes | None,
         next_token: str | None,
     ) -> Appended:
-        """The turn `token` appends its last events and gives the session back (or runs
-        the next queued message as `next_token`); first FENCED if it no longer held it."""
+        """The turn `token` appends its last events and gives the session back, or runs
+        the next queued message as `next_token` (then `holder` and `next_text`); first
+        FENCED if it no longer held it."""
         args = [*self._limits(), self.prefix, session_id, token, memory or b"", next_token or ""]
         args.append(len(events))
         for name, body in events:
@@ -248,7 +249,7 @@ class RedisStore(Store):
         reply = await self._run("finish", session_id, args)
         first = int(reply[0])
         text = reply[1].decode() if len(reply) > 1 and reply[1] else None
-        return Appended(first, len(events) if first > 0 else 0, token, text)
+        return Appended(first, len(events) if first > 0 else 0, next_token if text else token, text)
 
     @_guarded
     async def stop(
@@ -321,7 +322,8 @@ class RedisStore(Store):
 
     def _frames(self, session_id: str, entries: list[Any]) -> list[tuple[int, bytes]]:
         sid = session_id.encode()
-        return [(entry_seq(i), stamp(f[b"f"], sid, entry_seq(i))) for i, f in entries]
+        seqs = [(entry_seq(entry_id), fields[b"f"]) for entry_id, fields in entries]
+        return [(seq, stamp(body, sid, seq)) for seq, body in seqs]
 
     @_guarded
     async def memory(self, session_id: str, known: int) -> tuple[int, bytes | None]:

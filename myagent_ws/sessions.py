@@ -191,23 +191,29 @@ class SessionManager:
             raise not_found(session_id)
         if connection not in session.connections:
             self._check_room(connection)
-        buffer = session.buffer
-        last_seq = min(max(last_seq, 0), session.seq)
-        cursor = max(last_seq, buffer.first_seq - 1)
         pending = session.pending
+        self._resume(session, connection, last_seq, pending.step_id if pending else None)
+        if pending is not None:  # asked again, even if the first ask was acked away
+            session.emit(pending.event())
+        return session
+
+    def _resume(
+        self, session: Session, connection: Reader, last_seq: int, pending_step: str | None
+    ) -> None:
+        """Attach `connection` to send from `last_seq` on (or from the oldest buffered
+        event, naming the gap), then agent.session_resumed."""
+        last_seq = min(max(last_seq, 0), session.seq)
+        cursor = max(last_seq, session.buffer.first_seq - 1)
         metadata: dict[str, Any] = {
             "last_seq": last_seq,
             "replayed": session.seq - cursor,
-            "pending_confirm": [pending.step_id] if pending is not None else [],
+            "pending_confirm": [pending_step] if pending_step is not None else [],
         }
         if cursor > last_seq:
             metadata["replay_gap"] = {"from": last_seq + 1, "to": cursor}
         self._attach(session, connection, cursor)
         session.last_active = time.monotonic()
         session.emit(resumed_event(session, metadata))
-        if pending is not None:  # asked again, even if the first ask was acked away
-            session.emit(pending.event())
-        return session
 
     def _attach(self, session: Session, connection: Reader, cursor: int) -> None:
         session.connections.add(connection)

@@ -50,6 +50,16 @@ BATCH_BYTES = 1 << 20
 Entry = tuple[Any, Any, Any, Any]
 
 
+def stored_body(event: dict[str, Any], session_id: str, max_event_bytes: int) -> bytes:
+    """The stored form of a session event: cut like Session.emit cuts it, encoded once,
+    without its seq (see redis_store.stamp)."""
+    event["session_id"] = session_id
+    content = event.get("content")
+    if type(content) is str and len(content) * 4 > max_event_bytes:
+        cut_content(event, content, max_event_bytes)
+    return encode(event)
+
+
 class SharedSession(Session):
     """This process's view of a session in Redis: the turn it runs there, if any, and,
     while connections here are attached, a replay buffer fed from the session's log."""
@@ -71,13 +81,7 @@ class SharedSession(Session):
         return self._manager.store
 
     def body(self, event: dict[str, Any]) -> bytes:
-        """The stored form of an event: encoded once, without its seq (see stamp)."""
-        event["session_id"] = self.id
-        content = event.get("content")
-        limit = self._manager.settings.max_event_bytes
-        if type(content) is str and len(content) * 4 > limit:
-            cut_content(event, content, limit)
-        return encode(event)
+        return stored_body(event, self.id, self._manager.settings.max_event_bytes)
 
     # -- events ------------------------------------------------------------------------------
 
@@ -147,8 +151,6 @@ class SharedSession(Session):
             appended = await self.store.finish(self.id, token, events, memory, next_token)
             if appended.first > 0 and memory is not None:
                 self.mem_v += 1
-            if appended.next_text is not None:
-                appended.holder = next_token
             return appended
         close = any(name == "agent.session_end" for name, _ in events)
         return Appended(await self.store.append(self.id, events, fence, close))
@@ -191,25 +193,26 @@ class SharedSession(Session):
 
     def _fenced(self, fence: Any) -> None:
         """Another process ended this turn (cancel there, or this one counted as lost)."""
-        token = fence[1] if fence else None
+        self._drop(fence)
+        if self.tailing:
+            self._manager.node.follow()  # the tail reads this session again
+
+    def _drop(self, fence: Any) -> bool:
+        """Forget what waits under `fence`, and stop its turn here (without a terminal
+        event of its own); True if a turn was stopped."""
         self._outbox = deque(e for e in self._outbox if e[3] != fence)
-        if self.turn is not None and self.token == token:
-            self.turn.abandon()
-            self.mem_v = -1  # it may have finished here: take the stored memory next time
-            if self.tailing:
-                self._manager.node.follow()  # the tail reads this session again
+        if fence is None or self.turn is None or self.token != fence[1]:
+            return False
+        self.mem_v = -1  # it may have finished here: take the stored memory next time
+        return self.turn.abandon()
 
     def _lost_events(self, fence: Any, exc: Exception) -> None:
         """Redis stayed out of reach past the retries: the events are not kept, the turn
         stops, and connections here are told so (no seq: this gap is said out loud)."""
         log.error("session %s: events not stored: %s", self.id, exc)
         self._manager.metrics.store_error()
-        token = fence[1] if fence else None
-        if self.turn is not None and self.turn.open and self.token == token:
-            self.turn.abandon()
-            self.mem_v = -1
-            self._manager.node.orphan(self.id, token)
-        self._outbox = deque(e for e in self._outbox if e[3] != fence)
+        if self._drop(fence):
+            self._manager.node.orphan(self.id, fence[1])
         error = store_down(self.id).to_event()
         error["content"] = (
             "The session store (Redis) is unreachable: events of this session were not "
