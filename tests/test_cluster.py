@@ -649,6 +649,67 @@ async def test_a_burst_of_events_from_one_node_reaches_another_node_whole_and_in
     assert_exactly_once(watcher.of(sid))
 
 
+async def test_two_sessions_keep_their_own_memory_and_events_across_nodes(start_cluster, open_conn):
+    """Two sessions, each moved to the node where the other ran its turn: each answer
+    lists only its own messages, and no connection gets an event of the other session."""
+    cluster = await start_cluster()
+    a = await open_conn(cluster[0], "aiohttp")
+    b = await open_conn(cluster[1], "websockets")
+    sa, sb = await a.create(), await b.create()
+    assert (await a.turn(sa, "alpha"))["content"] == "alpha"
+    assert (await b.turn(sb, "beta"))["content"] == "beta"
+    a2 = await open_conn(cluster[1], "aiohttp")
+    b2 = await open_conn(cluster[0], "websockets")
+    await a2.reconnect(sa, a.last_seq(sa))
+    await b2.reconnect(sb, b.last_seq(sb))
+    assert (await a2.turn(sa, "alpha 2"))["content"] == "alpha | alpha 2"
+    assert (await b2.turn(sb, "beta 2"))["content"] == "beta | beta 2"
+    for conn, other in ((a, sb), (a2, sb), (b, sa), (b2, sa)):
+        assert not [e for e in conn.events if e.get("session_id") == other], conn.label
+
+
+async def test_the_log_is_bounded_expires_and_a_replay_past_it_names_the_gap(start_cluster):
+    """--replay-buffer 50: the session's Redis log keeps its newest 50 events, every key of
+    the session expires (session_ttl_s), and a reconnect from seq 0 on another node gets
+    those 50, in order, with metadata.replay_gap naming the rest."""
+    import redis.asyncio as aioredis
+
+    cluster = await start_cluster("--replay-buffer", "50", "--session-ttl-s", "60")
+    async with websockets_connect(cluster[0].url + "/", max_queue=None) as ws:
+        await ws.recv()
+        await ws.send(json.dumps({"event": "user.create_session"}))
+        sid = json.loads(await ws.recv())["session_id"]
+        await ws.send(json.dumps(message(sid, "stream 120 0")))
+        last = 0
+        async with asyncio.timeout(15):
+            while True:
+                event = json.loads(await ws.recv())
+                last = event.get("seq", last)
+                if event["event"] in TERMINAL:
+                    break
+    client = aioredis.Redis.from_url("redis://127.0.0.1:6379/0")
+    try:
+        keys = [k.decode() for k in await client.keys(f"{cluster.prefix}s:{sid}*")]
+        assert f"{cluster.prefix}s:{sid}:log" in keys, keys
+        assert await client.xlen(f"{cluster.prefix}s:{sid}:log") == 50
+        for key in keys:
+            assert 0 < await client.pttl(key) <= 60_000, key
+    finally:
+        await client.aclose()
+    async with websockets_connect(cluster[1].url + "/", max_queue=None) as ws:
+        await ws.recv()
+        await ws.send(json.dumps({"event": "user.reconnect", "session_id": sid}))
+        seqs = []
+        async with asyncio.timeout(10):
+            while True:
+                event = json.loads(await ws.recv())
+                if event["event"] == "agent.session_resumed":
+                    break
+                seqs.append(event["seq"])
+    assert seqs == list(range(last - 49, last + 1))
+    assert event["metadata"]["replay_gap"] == {"from": 1, "to": last - 50}, event
+
+
 # --- 7. operator endpoints -----------------------------------------------------------------------
 
 
