@@ -17,10 +17,13 @@ from aiohttp import WSCloseCode, web
 from myagent.llm import model_from_env
 
 from . import console, drain
+from .auth import SUBPROTOCOL, Auth
 from .cluster import SharedSessions
 from .connection import Connection
+from .gate import Gate
 from .keys import (
     CONNECTIONS,
+    GATE,
     METRICS,
     MODEL,
     PLUGINS,
@@ -80,9 +83,12 @@ def create_app(
             "call",
             app[STORE].errors,
         )
+    app[GATE] = gate = Gate(settings, Auth(settings, app[PLUGINS].hook, app[STORE]))
     app[STARTED_AT] = time.monotonic()
     app[READY] = asyncio.Event()
     app.router.add_get("/", endpoint)
+    app.router.add_post("/auth/ticket", gate.ticket)
+    app.router.add_route("OPTIONS", "/auth/ticket", gate.ticket_preflight)
     console.add_routes(app)
     app.cleanup_ctx.append(_background_tasks)  # closes the store: set up first, so last
     if isinstance(app[STORE], RedisStore):
@@ -143,23 +149,36 @@ def model_for(settings: Settings) -> Any:
 
 
 async def endpoint(request: web.Request) -> web.StreamResponse:
-    """GET /: a WebSocket upgrade is a client connection; a plain GET gets the page."""
+    """GET /: a WebSocket upgrade is a client connection (once the gate lets it in); a
+    plain GET gets the page."""
     app = request.app
     settings = app[SETTINGS]
     ws = web.WebSocketResponse(
         heartbeat=settings.ws_ping_s or None,
         compress=settings.ws_compression,
         max_msg_size=settings.max_frame_bytes * settings.frame_ceiling_factor,
+        protocols=(SUBPROTOCOL,),
     )
     if not ws.can_prepare(request).ok:
         return await console.index(request)
-    await ws.prepare(request)
-    connection = Connection(ws, app[SESSIONS], app[PROTOCOL], settings, request.transport)
-    app[CONNECTIONS].add(connection)
+    gate = app[GATE]
+    admission = await gate.admit(request)
+    if isinstance(admission, web.Response):
+        return admission
     try:
-        await connection.serve(app[REGISTRY].names())
+        await ws.prepare(request)
+        connection = Connection(
+            ws, app[SESSIONS], app[PROTOCOL], settings, request.transport, admission.principal
+        )
+        if settings.debug:
+            log.debug("%s: from %s as %s", connection.id, admission.ip, admission.principal)
+        app[CONNECTIONS].add(connection)
+        try:
+            await connection.serve(app[REGISTRY].names())
+        finally:
+            app[CONNECTIONS].discard(connection)
     finally:
-        app[CONNECTIONS].discard(connection)
+        gate.release(admission)
     return ws
 
 
@@ -209,7 +228,9 @@ async def _ready(app: web.Application) -> None:
 async def _health_port(app: web.Application) -> AsyncIterator[None]:
     """A second listener with only the operator endpoints."""
     settings = app[SETTINGS]
-    runner = web.AppRunner(console.operator_app(app), access_log=None)
+    runner = web.AppRunner(
+        console.operator_app(app), access_log=None, keepalive_timeout=settings.handshake_timeout_s
+    )
     await runner.setup()
     await web.TCPSite(runner, settings.host, settings.health_port).start()
     yield

@@ -68,9 +68,34 @@ def field_help(cls: type) -> dict[str, str]:
     return helps
 
 
+class CommaSeparated(click.ParamType):
+    """A repeatable option's value; its environment variable holds several, comma-separated."""
+
+    name = "text"
+    envvar_list_splitter = ","
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> str:
+        return str(value).strip()
+
+
 def setting_option(field: dataclasses.Field[Any], kind: Any, help_text: str) -> Any:
     """`--field-name` / MYAGENT_WS_FIELD_NAME for one Settings field. It defaults to None:
-    "not given", so the dataclass default applies and is written down only there."""
+    "not given", so the dataclass default applies and is written down only there. A tuple
+    field (plural name) is a repeatable singular flag: `allowed_origins` is
+    `--allowed-origin URL`, given once per value, or MYAGENT_WS_ALLOWED_ORIGINS=a,b."""
+    envvar = [ENV_PREFIX + field.name.upper(), *ENV_ALIASES.get(field.name, [])]
+    if typing.get_origin(kind) is tuple:
+        if field.default:
+            help_text += f"  [default: {', '.join(field.default)}]"
+        return click.option(
+            "--" + field.name.removesuffix("s").replace("_", "-"),
+            field.name,
+            type=CommaSeparated(),
+            multiple=True,
+            envvar=envvar,
+            show_envvar=True,
+            help=help_text,
+        )
     if typing.get_origin(kind) is typing.Literal:
         kind = click.Choice(typing.get_args(kind))
     else:
@@ -83,10 +108,18 @@ def setting_option(field: dataclasses.Field[Any], kind: Any, help_text: str) -> 
         field.name,
         type=None if kind is bool else kind,
         default=None,
-        envvar=[ENV_PREFIX + field.name.upper(), *ENV_ALIASES.get(field.name, [])],
+        envvar=envvar,
         show_envvar=True,
         help=help_text,
     )
+
+
+def _given(value: Any) -> Any:
+    """A flag's value, or None when it was not given (a repeatable flag gives ())."""
+    if isinstance(value, tuple):
+        value = tuple(item for item in value if item)
+        return value or None
+    return value
 
 
 def settings_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -97,7 +130,7 @@ def settings_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(command)
     def run(*args: Any, **kwargs: Any) -> Any:
-        given = {name: value for name in names if (value := kwargs.pop(name)) is not None}
+        given = {name: value for name in names if (value := _given(kwargs.pop(name))) is not None}
         try:
             settings = Settings(**given)
         except ValueError as exc:
@@ -157,6 +190,8 @@ def server(
     from aiohttp import web
 
     from .app import create_app, model_for
+    from .gate import AccessLogger
+    from .keys import GATE
 
     debug, host, port = settings.debug, settings.host, settings.port
     logging.basicConfig(
@@ -194,7 +229,13 @@ def server(
     files_note = raise_open_files_limit(settings.max_sessions + FILES_HEADROOM)
     if files_note:
         click.echo(files_note)
-    app = create_app(settings, registry, pm=pm, model=llm, handle_signals=True)
+    try:
+        app = create_app(settings, registry, pm=pm, model=llm, handle_signals=True)
+    except StartupError as exc:
+        _fail(exc, debug)
+    gate = app[GATE]
+    click.echo(f"{'🔒' if gate.auth.enabled else '🔓'} auth: {gate.auth.describe()}")
+    click.echo(f"   browser origins: {gate.describe_origins()}")
     try:
         loop = fast_event_loop(settings.event_loop)
     except StartupError as exc:
@@ -212,6 +253,9 @@ def server(
         shutdown_timeout=settings.shutdown_timeout_s,
         backlog=LISTEN_BACKLOG,
         loop=loop,
+        # Also how long a new connection has to send its whole request (slowloris).
+        keepalive_timeout=settings.handshake_timeout_s,
+        access_log_class=AccessLogger,
         handle_signals=False,  # the app's own drain on SIGTERM/SIGINT (drain.py)
     )
 

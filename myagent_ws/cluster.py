@@ -20,6 +20,7 @@ from .sessions import (
     SessionManager,
     created_event,
     end_event,
+    forbidden,
     new_session_id,
     not_found,
 )
@@ -52,11 +53,13 @@ class SharedSessions(SessionManager):
         self.refuse_if_draining()
         spec = self.registry.resolve(agent_name)
         self._check_room(connection)
-        session = SharedSession(new_session_id(), spec.name, self.new_agent(spec.name), self)
+        owner = connection.principal
+        agent = self.new_agent(spec.name)
+        session = SharedSession(new_session_id(), spec.name, agent, self, owner)
         session.mem_v = 0
         event = created_event(session)
         body = session.body(event)
-        record = SessionRecord(session.id, spec.name, time.time())
+        record = SessionRecord(session.id, spec.name, time.time(), owner)
         first = await self.store.create(record, event["event"], body)
         self.sessions[session.id] = session
         self._attach(session, connection, 0)
@@ -76,9 +79,11 @@ class SharedSessions(SessionManager):
         found = await self.store.snapshot(session_id, max(last_seq, 0), self.settings.replay_buffer)
         if found is None:
             raise not_found(session_id)
+        if found.owner != connection.principal:
+            raise forbidden(session_id)
         session = self.sessions.get(session_id)
         if session is None:
-            session = SharedSession(session_id, found.agent, None, self)
+            session = SharedSession(session_id, found.agent, None, self, found.owner)
             self.sessions[session_id] = session
         if connection not in session.connections:
             self._check_room(connection)
@@ -107,12 +112,19 @@ class SharedSessions(SessionManager):
             record = await self.store.load_session(session_id)
             if record is None:
                 return
-            session = SharedSession(session_id, record.agent, None, self)
+            session = SharedSession(session_id, record.agent, None, self, record.owner)
             self.sessions[session_id] = session
         if session.agent is None:
             session.agent = self.new_agent(session.agent_name)
         session.load_memory(*await self.store.memory(session_id, session.mem_v))
         session._run(text, token)
+
+    async def owner(self, session_id: str) -> str | None:
+        session = self.sessions.get(session_id)
+        if session is not None:
+            return session.owner
+        record = await self.store.load_session(session_id)
+        return record.owner if record is not None else None
 
     def detach(self, connection: Reader) -> None:
         for session in self.attached.get(connection, ()):

@@ -27,6 +27,7 @@ from .protocol import (
     make_event,
     requested_agent,
 )
+from .session import Session
 from .sessions import SessionManager
 from .settings import Settings
 from .store import StoreUnavailable, store_down
@@ -46,6 +47,7 @@ class Connection(Outbound):
         protocol: Protocol,
         settings: Settings,
         transport: asyncio.BaseTransport | None = None,
+        principal: str | None = None,
     ) -> None:
         super().__init__(
             f"c_{next(_ids)}",
@@ -57,6 +59,7 @@ class Connection(Outbound):
         )
         self.sessions = sessions
         self.protocol = protocol
+        self.principal = principal  # who authenticated; sessions it creates are its own
         self._limiter = AsyncLimiter(
             settings.rate_limit_burst, settings.rate_limit_burst / settings.rate_limit_per_s
         )
@@ -149,8 +152,13 @@ class Connection(Outbound):
     async def _on_create_session(self, message: dict[str, Any]) -> None:
         await self.sessions.create(requested_agent(message), self)
 
+    async def _refused(self, session_id: str) -> Session:
+        """Raise why this connection may not use the session (forbidden, not found)."""
+        raise await self.sessions.refusal(session_id, self)
+
     async def _on_message(self, message: dict[str, Any]) -> None:
-        session = self.sessions.get(message["session_id"], self)
+        sid = message["session_id"]
+        session = self.sessions.lookup(sid, self) or await self._refused(sid)
         ahead = await session.start_turn(message["content"])
         if ahead:  # on_busy=queue: say so, since its events come only later
             after = "." if ahead == 1 else f" and the {ahead - 1} queued before it."
@@ -161,12 +169,14 @@ class Connection(Outbound):
             )
 
     async def _on_cancel(self, message: dict[str, Any]) -> None:
-        session = self.sessions.get(message["session_id"], self)
+        sid = message["session_id"]
+        session = self.sessions.lookup(sid, self) or await self._refused(sid)
         if not await session.cancel("the turn was cancelled."):
             self._notice("No turn is running in this session; nothing to cancel.", session.id)
 
     async def _on_end_session(self, message: dict[str, Any]) -> None:
-        session = self.sessions.get(message["session_id"], self)
+        sid = message["session_id"]
+        session = self.sessions.lookup(sid, self) or await self._refused(sid)
         await self.sessions.end(session, "ended", "ended by client")
 
     async def _on_list_agents(self, message: dict[str, Any]) -> None:
@@ -185,16 +195,23 @@ class Connection(Outbound):
         if event_id is not None:  # the schema holds it to "<session_id>:<digits>"
             session_id, _, seq_text = event_id.rpartition(":")
             last_seq = int(seq_text)
-        session = self.sessions.sessions.get(session_id) if session_id else None
-        if (
-            session is not None
-            and isinstance(last_seq, int)
-            and self.acknowledge(session, last_seq)
-        ):
+        if not session_id:
+            return
+        session = self.sessions.sessions.get(session_id)
+        if session is None or self not in session.connections:
+            # Not this connection's: counted like any other frame, and refused if the
+            # session is another principal's (else ignored, as acks of ended sessions are).
+            await self._admit()
+            refusal = await self.sessions.refusal(session_id, self)
+            if refusal.code == "forbidden":
+                raise refusal
+            return
+        if isinstance(last_seq, int) and self.acknowledge(session, last_seq):
             session.trim_acknowledged()
 
     async def _on_response(self, message: dict[str, Any]) -> None:
-        session = self.sessions.get(message["session_id"], self)
+        sid = message["session_id"]
+        session = self.sessions.lookup(sid, self) or await self._refused(sid)
         content = message["content"]
         approved = content.get("approved", content.get("confirmed"))  # the schema wants one
         await session.respond(message["step_id"], approved, content.get("feedback"))

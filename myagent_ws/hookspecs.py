@@ -28,3 +28,15 @@ def observe_event(session_id, event):
     sent: for logging, metrics or persistence. ``event`` is read-only. May be ``async``;
     a failing observer is logged and never breaks a turn. Only called when some plugin
     implements it, so an unused hook costs nothing."""
+
+
+@hookspec(firstresult=True)
+def authenticate(request):
+    """Name who is connecting, for schemes the server does not know (JWT, cookies, an
+    API gateway's header): return the principal, a non-empty string such as a user id,
+    or None when the request carries nothing this plugin recognises (the next plugin is
+    asked; with none left, the request gets HTTP 401). ``request`` is the
+    ``aiohttp.web.Request`` of the WebSocket upgrade or of ``POST /auth/ticket``. May be
+    ``async``. Implementing this hook turns authentication on; tokens given with
+    ``--auth-token`` are checked before it. Sessions belong to the principal that
+    created them."""

@@ -9,6 +9,7 @@ import pluggy
 from aiohttp import web
 
 from .connection import Connection
+from .gate import Gate
 from .metrics import Metrics
 from .protocol import Protocol
 from .registry import AgentRegistry
@@ -27,5 +28,6 @@ CONNECTIONS = web.AppKey("connections", set[Connection])
 STARTED_AT = web.AppKey("started_at", float)
 READY = web.AppKey("ready", asyncio.Event)
 METRICS = web.AppKey("metrics", Metrics)
+GATE = web.AppKey("gate", Gate)
 # On the --health-port application: the server application it reports on.
 MAIN_APP = web.AppKey("main_app", web.Application)

@@ -90,6 +90,7 @@ class Snapshot:
     """A session as a reconnect finds it."""
 
     agent: str
+    owner: str | None  # the principal that created it
     seq: int  # the last seq allocated
     frames: list[tuple[int, bytes]]  # stored frames after the reconnect's last_seq
     question: tuple[str, bytes] | None  # the waiting question (step_id, body)
@@ -201,6 +202,16 @@ class RedisStore(Store):
     async def delete_session(self, session_id: str) -> None:
         await self.redis.unlink(*self.keys(session_id))
 
+    @_guarded
+    async def issue_ticket(self, ticket: str, principal: str, ttl_s: float) -> None:
+        await self.redis.set(f"{self.prefix}ticket:{ticket}", principal, px=int(ttl_s * 1000))
+
+    @_guarded
+    async def redeem_ticket(self, ticket: str) -> str | None:
+        """Any process redeems a ticket any other issued, exactly once (GETDEL)."""
+        principal = await self.redis.getdel(f"{self.prefix}ticket:{ticket}")
+        return None if principal is None else principal.decode()
+
     async def close(self) -> None:
         await self.redis.aclose()
         await self.blocking.aclose()
@@ -304,13 +315,14 @@ class RedisStore(Store):
         """What a reconnect needs, in one round trip; None if the session is gone."""
         async with self.redis.pipeline(transaction=False) as pipe:
             record = self.keys(session_id)[0]
-            pipe.hmget(record, "agent", "seq", "closed", "pending", "pending_body")
+            pipe.hmget(record, "agent", "owner", "seq", "closed", "pending", "pending_body")
             pipe.xrange(self.log_key(session_id), min=f"({after}-0", max="+", count=count)
-            (agent, seq, closed, step, body), entries = await pipe.execute()
+            (agent, owner, seq, closed, step, body), entries = await pipe.execute()
         if agent is None or closed == b"1":
             return None
         question = (step.decode(), body) if step and body else None
-        return Snapshot(agent.decode(), int(seq or 0), self._frames(session_id, entries), question)
+        frames = self._frames(session_id, entries)
+        return Snapshot(agent.decode(), owner.decode() or None, int(seq or 0), frames, question)
 
     @_guarded
     async def read(self, session_id: str, after: int, upto: int) -> list[tuple[int, bytes]]:

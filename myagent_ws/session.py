@@ -44,6 +44,7 @@ class Reader(Protocol):
     buffer at its own cursor."""
 
     id: str
+    principal: str | None  # who authenticated (None: auth is off)
 
     def attach(self, session: Session, cursor: int) -> None: ...
 
@@ -73,16 +74,26 @@ class Session:
         "detached_since",
         "id",
         "last_active",
+        "owner",
         "queue",
         "seq",
         "turn",
     )
 
-    def __init__(self, session_id: str, agent_name: str, agent: Any, manager: SessionManager):
+    def __init__(
+        self,
+        session_id: str,
+        agent_name: str,
+        agent: Any,
+        manager: SessionManager,
+        owner: str | None = None,
+    ):
         settings = manager.settings
         self.id = session_id
         self.agent_name = agent_name
         self.agent = agent
+        # The principal that created it; only it may use the session (None: auth is off).
+        self.owner = owner
         self.seq = 0
         self.buffer = ReplayBuffer(settings.replay_buffer, settings.replay_buffer_bytes)
         self.connections: set[Reader] = set()

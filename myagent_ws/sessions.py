@@ -64,6 +64,15 @@ def not_found(session_id: str) -> ProtocolError:
     )
 
 
+def forbidden(session_id: str) -> ProtocolError:
+    return ProtocolError(
+        "forbidden",
+        "That session belongs to another principal; use a session your credential "
+        "created, or create one with user.create_session.",
+        session_id=session_id,
+    )
+
+
 class SessionManager:
     """Creates, finds, runs, resumes and ends sessions."""
 
@@ -117,11 +126,12 @@ class SessionManager:
         self.refuse_if_draining()
         spec = self.registry.resolve(agent_name)
         self._check_room(connection)
-        session = Session(new_session_id(), spec.name, self.new_agent(spec.name), self)
+        owner = connection.principal
+        session = Session(new_session_id(), spec.name, self.new_agent(spec.name), self, owner)
         self.sessions[session.id] = session
         self._attach(session, connection, 0)
         session.emit(created_event(session))
-        await self.store.save_session(SessionRecord(session.id, spec.name, time.time()))
+        await self.store.save_session(SessionRecord(session.id, spec.name, time.time(), owner))
         return session
 
     def new_agent(self, name: str) -> Any:
@@ -169,18 +179,31 @@ class SessionManager:
                 f"This server holds {len(self.sessions)} sessions, its limit; try again later.",
             )
 
-    def get(self, session_id: str, connection: Reader) -> Session:
-        """The session, if this connection is attached to it (others cannot see it)."""
+    def lookup(self, session_id: str, connection: Reader) -> Session | None:
+        """The session, if this connection is attached to it; else None (`refusal` says
+        why)."""
         session = self.sessions.get(session_id)
         if session is None or connection not in session.connections:
-            raise ProtocolError(
-                "session_not_found",
-                f"No session {session_id!r} on this connection; create one with "
-                "user.create_session or attach with user.reconnect.",
-                session_id=session_id,
-            )
+            return None
         session.last_active = time.monotonic()
         return session
+
+    async def refusal(self, session_id: str, connection: Reader) -> ProtocolError:
+        """Why `connection` may not use `session_id`: it belongs to another principal
+        (forbidden), or this connection is not attached to it (session_not_found)."""
+        if await self.owner(session_id) not in (connection.principal, None):
+            return forbidden(session_id)
+        return ProtocolError(
+            "session_not_found",
+            f"No session {session_id!r} on this connection; create one with "
+            "user.create_session or attach with user.reconnect.",
+            session_id=session_id,
+        )
+
+    async def owner(self, session_id: str) -> str | None:
+        """The principal that created the session; None if auth was off or it is gone."""
+        session = self.sessions.get(session_id)
+        return session.owner if session is not None else None
 
     async def reconnect(self, session_id: str, connection: Reader, last_seq: int) -> Session:
         """Attach a connection to a live session from `last_seq`: it is sent every buffered
@@ -189,6 +212,8 @@ class SessionManager:
         session = self.sessions.get(session_id)
         if session is None:
             raise not_found(session_id)
+        if session.owner != connection.principal:
+            raise forbidden(session_id)
         if connection not in session.connections:
             self._check_room(connection)
         pending = session.pending

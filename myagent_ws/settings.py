@@ -100,6 +100,30 @@ class Settings:
     # Seconds after a server process stops renewing its lease (it died, or lost Redis) by
     # which another process ends its running turns with agent.error node_lost.
     node_lease_s: float = 10.0
+    # A token that may connect, one principal each (repeatable; the environment variable is
+    # comma-separated). With none here, in auth_tokens_file or from an authenticate plugin,
+    # auth is off: anyone who reaches the port may connect.
+    auth_tokens: tuple[str, ...] = ()
+    # A file of name:token lines, one principal each (blank lines and # comments skipped).
+    auth_tokens_file: str | None = None
+    # Seconds a ticket from POST /auth/ticket stays valid for its one connection.
+    auth_ticket_ttl_s: float = 30.0
+    # Failed authentications one client IP may make per minute; past it every attempt from
+    # it gets HTTP 429 with Retry-After until it is below again.
+    max_auth_failures_per_ip: int = 10
+    # A browser origin (scheme://host[:port]) allowed to open WebSockets and fetch tickets
+    # besides the server's own (repeatable; the environment variable is comma-separated;
+    # * allows any). None given: http(s)://localhost, 127.0.0.1 and [::1] on any port.
+    allowed_origins: tuple[str, ...] = ()
+    # Open WebSocket connections one client IP may hold in this process; more get HTTP 429.
+    # 0: no limit.
+    max_connections_per_ip: int = 256
+    # A proxy address whose X-Forwarded-For header names the client, for the per-IP limits
+    # (repeatable; the environment variable is comma-separated; * trusts any).
+    forwarded_allow_ips: tuple[str, ...] = ("127.0.0.1", "::1")
+    # Seconds a new TCP connection has to send a whole HTTP request (and an idle
+    # keep-alive connection stays open), so half-open handshakes cannot pile up.
+    handshake_timeout_s: float = 10.0
     # Seconds shutdown waits to flush each connection.
     shutdown_timeout_s: float = 5.0
     # Seconds running turns get to finish after SIGTERM or a first Ctrl-C, while new
@@ -118,6 +142,11 @@ class Settings:
                 f"store must be memory or a redis:// URL (redis://HOST:PORT/DB), "
                 f"not {self.store!r}."
             )
+        if self.max_connections_per_ip < 0:
+            raise ValueError(
+                f"max_connections_per_ip must be 0 (no limit) or more, "
+                f"not {self.max_connections_per_ip!r}."
+            )
         if self.replay_buffer_bytes < self.max_event_bytes:
             raise ValueError(
                 f"replay_buffer_bytes ({self.replay_buffer_bytes}) must be at least "
@@ -134,6 +163,9 @@ class Settings:
             "max_queued_messages",
             "confirm_timeout_s",
             "node_lease_s",
+            "auth_ticket_ttl_s",
+            "max_auth_failures_per_ip",
+            "handshake_timeout_s",
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, not {getattr(self, name)!r}.")

@@ -66,8 +66,15 @@ class SharedSession(Session):
 
     __slots__ = ("_flusher", "_outbox", "_sid", "ending", "mem_v", "tailing", "token")
 
-    def __init__(self, session_id: str, agent_name: str, agent: Any, manager: SharedSessions):
-        super().__init__(session_id, agent_name, agent, manager)
+    def __init__(
+        self,
+        session_id: str,
+        agent_name: str,
+        agent: Any,
+        manager: SharedSessions,
+        owner: str | None = None,
+    ):
+        super().__init__(session_id, agent_name, agent, manager, owner)
         self._outbox: deque[Entry] = deque()
         self._flusher: asyncio.Task[None] | None = None
         self._sid = session_id.encode()

@@ -6,10 +6,15 @@ several server processes serve any session.
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 from .protocol import ProtocolError
+
+# Tickets one process keeps at most; past it the oldest unused one is dropped (its client
+# fetches another).
+MAX_TICKETS = 100_000
 
 
 class StoreUnavailable(Exception):
@@ -57,6 +62,14 @@ class Store(ABC):
     async def delete_session(self, session_id: str) -> None:
         """Forget the record and its event log."""
 
+    @abstractmethod
+    async def issue_ticket(self, ticket: str, principal: str, ttl_s: float) -> None:
+        """Keep a single-use ticket for `principal` for `ttl_s` seconds."""
+
+    @abstractmethod
+    async def redeem_ticket(self, ticket: str) -> str | None:
+        """The ticket's principal, once: None if it is unknown, used or expired."""
+
     async def append_events(self, session_id: str, events: list[tuple[int, bytes]]) -> None:
         """Log encoded events (seq, frame), oldest first; called only if keeps_events."""
         raise NotImplementedError(f"{type(self).__name__} keeps no events")
@@ -71,6 +84,21 @@ class MemoryStore(Store):
 
     def __init__(self) -> None:
         self._records: dict[str, SessionRecord] = {}
+        # ticket -> (principal, expires at), oldest first
+        self._tickets: dict[str, tuple[str, float]] = {}
+
+    async def issue_ticket(self, ticket: str, principal: str, ttl_s: float) -> None:
+        tickets, now = self._tickets, time.monotonic()
+        if len(tickets) >= MAX_TICKETS:  # drop the expired, then the oldest
+            for key in [k for k, (_, expires) in tickets.items() if expires <= now]:
+                del tickets[key]
+            while len(tickets) >= MAX_TICKETS:
+                del tickets[next(iter(tickets))]
+        tickets[ticket] = (principal, now + ttl_s)
+
+    async def redeem_ticket(self, ticket: str) -> str | None:
+        principal, expires = self._tickets.pop(ticket, (None, 0.0))
+        return principal if expires > time.monotonic() else None
 
     async def save_session(self, record: SessionRecord) -> None:
         self._records[record.session_id] = record
