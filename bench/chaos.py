@@ -490,7 +490,9 @@ async def run_chaos(
             for spec in load_agent_files([str(WEATHER)]):
                 registry.add(spec)
             # The offline model explicitly: OPENAI_API_KEY / OPENAI_BASE_URL are ignored.
-            app = create_app(Settings(host="127.0.0.1", port=0), registry, model=OfflineModel())
+            # Every client is on 127.0.0.1: no per-IP connection limit.
+            settings = Settings(host="127.0.0.1", port=0, max_connections_per_ip=0)
+            app = create_app(settings, registry, model=OfflineModel())
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()
             await web.TCPSite(runner, "127.0.0.1", 0).start()
@@ -500,7 +502,7 @@ async def run_chaos(
             from redis import asyncio as aioredis
 
             # --drain-timeout-s 0: at the end nothing runs, and a stop should not wait.
-            args = [str(WEATHER), "--drain-timeout-s", "0"]
+            args = [str(WEATHER), "--drain-timeout-s", "0", "--max-connections-per-ip", "0"]
             cluster = multinode.NodeSet(nodes, args, store_url=store_url)
             await cluster.start()
             urls = cluster.urls

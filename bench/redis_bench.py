@@ -39,6 +39,7 @@ BENCH_COMMANDS = {"info"}
 def _node_args(llm_url: str | None = None) -> list[str]:
     args = [multinode.WEATHER, "--event-loop", "uvloop" if harness.UVLOOP else "asyncio"]
     args += ["--drain-timeout-s", "0"]
+    args += ["--max-connections-per-ip", "0"]  # every load client is on 127.0.0.1
     if llm_url:
         args += ["--llm-base-url", llm_url, "--model", "fake", "--llm-api-key", "bench"]
     return args

@@ -83,6 +83,7 @@ async def start_server(
         argv += ["--host", "127.0.0.1", "--port", str(port)]
         argv += ["--event-loop", "uvloop" if harness.UVLOOP else "asyncio"]
         argv += ["--drain-timeout-s", "0"]  # a stopped phase stops at once, like the reference
+        argv += ["--max-connections-per-ip", "0"]  # every load client is on 127.0.0.1
         if llm_url:
             argv += ["--llm-base-url", llm_url, "--model", "fake", "--llm-api-key", "bench"]
         child = Child(f"{tag}-server", argv, logdir, SERVER_CPUS)

@@ -79,6 +79,18 @@ def load_tokens(settings: Settings) -> dict[bytes, str]:
     return tokens
 
 
+def describe(settings: Settings, hook: Any) -> str:
+    """For the banner: whether auth is on, and by what."""
+    principals = len(set(load_tokens(settings).values()))
+    plugin = hook is not None and bool(hook.authenticate.get_hookimpls())
+    if not principals and not plugin:
+        return "off: anyone who reaches the port may connect (--auth-token to require one)"
+    sources = [f"{principals} principal{'s' if principals != 1 else ''} by token"] * bool(
+        principals
+    ) + ["authenticate plugin"] * plugin
+    return "on: " + ", ".join(sources)
+
+
 class Auth:
     """Finds the principal of a request, and issues and redeems tickets."""
 
@@ -88,18 +100,6 @@ class Auth:
         self.enabled = bool(self.tokens) or self.hook is not None
         self.store = store
         self.ticket_ttl_s = settings.auth_ticket_ttl_s
-
-    def describe(self) -> str:
-        """For the banner: whether auth is on, and by what."""
-        if not self.enabled:
-            return "off: anyone who reaches the port may connect (--auth-token to require one)"
-        sources = []
-        if self.tokens:
-            count = len(set(self.tokens.values()))
-            sources.append(f"{count} principal{'s' if count != 1 else ''} by token")
-        if self.hook is not None:
-            sources.append("authenticate plugin")
-        return "on: " + ", ".join(sources)
 
     async def identify(self, request: web.Request, *, tickets: bool = True) -> str | None:
         """The request's principal (None when auth is off); AuthFailed when it has none.

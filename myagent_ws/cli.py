@@ -68,6 +68,11 @@ def field_help(cls: type) -> dict[str, str]:
     return helps
 
 
+def flag_name(field: str, repeatable: bool = False) -> str:
+    """The option of a Settings field: --max-sessions; a repeatable one is singular."""
+    return "--" + (field.removesuffix("s") if repeatable else field).replace("_", "-")
+
+
 class CommaSeparated(click.ParamType):
     """A repeatable option's value; its environment variable holds several, comma-separated."""
 
@@ -88,7 +93,7 @@ def setting_option(field: dataclasses.Field[Any], kind: Any, help_text: str) -> 
         if field.default:
             help_text += f"  [default: {', '.join(field.default)}]"
         return click.option(
-            "--" + field.name.removesuffix("s").replace("_", "-"),
+            flag_name(field.name, repeatable=True),
             field.name,
             type=CommaSeparated(),
             multiple=True,
@@ -100,7 +105,7 @@ def setting_option(field: dataclasses.Field[Any], kind: Any, help_text: str) -> 
         kind = click.Choice(typing.get_args(kind))
     else:
         kind = next(t for t in typing.get_args(kind) or [kind] if t is not type(None))
-    flag = "--" + field.name.replace("_", "-")
+    flag = flag_name(field.name)
     if field.default not in (None, dataclasses.MISSING):
         help_text += f"  [default: {field.default}]"
     return click.option(
@@ -190,8 +195,8 @@ def server(
     from aiohttp import web
 
     from .app import create_app, model_for
-    from .gate import AccessLogger
-    from .keys import GATE
+    from .auth import describe as describe_auth
+    from .gate import AccessLogger, describe_origins
 
     debug, host, port = settings.debug, settings.host, settings.port
     logging.basicConfig(
@@ -222,6 +227,12 @@ def server(
         click.echo(
             f"🗄  sessions: Redis at {redacted(settings.store)}, keys {settings.store_prefix}*"
         )
+    try:
+        auth = describe_auth(settings, pm and pm.hook)
+    except StartupError as exc:
+        _fail(exc, debug)
+    click.echo(f"{'🔒' if auth.startswith('on') else '🔓'} auth: {auth}")
+    click.echo(f"   browser origins: {describe_origins(settings)}")
     shown = "localhost" if host in ("0.0.0.0", "::", "localhost") else host
     click.echo(f"🚀 MyAgent WebSocket server running at ws://{shown}:{port}")
     operator = f"http://{shown}:{settings.health_port or port}"
@@ -229,13 +240,7 @@ def server(
     files_note = raise_open_files_limit(settings.max_sessions + FILES_HEADROOM)
     if files_note:
         click.echo(files_note)
-    try:
-        app = create_app(settings, registry, pm=pm, model=llm, handle_signals=True)
-    except StartupError as exc:
-        _fail(exc, debug)
-    gate = app[GATE]
-    click.echo(f"{'🔒' if gate.auth.enabled else '🔓'} auth: {gate.auth.describe()}")
-    click.echo(f"   browser origins: {gate.describe_origins()}")
+    app = create_app(settings, registry, pm=pm, model=llm, handle_signals=True)
     try:
         loop = fast_event_loop(settings.event_loop)
     except StartupError as exc:

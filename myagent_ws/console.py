@@ -13,7 +13,17 @@ from aiohttp import web
 
 from . import __version__
 from .asyncapi import build_asyncapi
-from .keys import CONNECTIONS, MAIN_APP, METRICS, PROTOCOL, READY, REGISTRY, SESSIONS, STARTED_AT
+from .keys import (
+    CONNECTIONS,
+    GATE,
+    MAIN_APP,
+    METRICS,
+    PROTOCOL,
+    READY,
+    REGISTRY,
+    SESSIONS,
+    STARTED_AT,
+)
 from .protocol import PROTOCOL_VERSION
 
 STATIC = Path(__file__).parent / "static"
@@ -75,6 +85,8 @@ async def index(request: web.Request) -> web.Response:
         "version": __version__,
         "protocol_version": PROTOCOL_VERSION,
         "agents": request.app[REGISTRY].describe(),
+        # With auth on, the page asks for a token and trades it for a ticket per connection.
+        "auth_required": request.app[GATE].auth.enabled,
     }
     return aiohttp_jinja2.render_template("index.html", request, context)
 

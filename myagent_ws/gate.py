@@ -51,6 +51,16 @@ def _normal_origin(origin: str) -> str:
     return origin.strip().rstrip("/").lower()
 
 
+def describe_origins(settings: Settings) -> str:
+    """For the banner: which browser origins may connect."""
+    origins = settings.allowed_origins
+    if "*" in origins:
+        return "any (--allowed-origin '*')"
+    return "this server's own, " + (
+        ", ".join(origins) if origins else "localhost and 127.0.0.1 on any port"
+    )
+
+
 class Gate:
     """Decides, per request, whether it may open a WebSocket or fetch a ticket."""
 
@@ -71,14 +81,6 @@ class Gate:
         self.fail_rate = settings.max_auth_failures_per_ip / 60.0  # forgiven per second
         self.failures: dict[str, tuple[float, float]] = {}  # ip -> (level, at)
         self.open: dict[str, int] = {}  # ip -> open WebSocket connections
-
-    def describe_origins(self) -> str:
-        """For the banner: which browser origins may connect."""
-        if self.any_origin:
-            return "any (--allowed-origin '*')"
-        listed = ", ".join(sorted(self.origins))
-        local = "localhost and 127.0.0.1 on any port" if self.local_origins else listed
-        return f"this server's own, {local}"
 
     # -- who and from where ----------------------------------------------------------------
 

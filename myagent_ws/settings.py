@@ -7,6 +7,8 @@ comment above a field is its help text.
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -142,6 +144,22 @@ class Settings:
                 f"store must be memory or a redis:// URL (redis://HOST:PORT/DB), "
                 f"not {self.store!r}."
             )
+        for proxy in self.forwarded_allow_ips:
+            if proxy != "*":
+                try:
+                    ipaddress.ip_network(proxy, strict=False)
+                except ValueError:
+                    raise ValueError(
+                        f"forwarded_allow_ips: {proxy!r} is not an IP address or network "
+                        "(such as 10.0.0.0/8), nor *."
+                    ) from None
+        for origin in self.allowed_origins:
+            if origin != "*" and not re.fullmatch(r"https?://[^/?#\s]+/?", origin):
+                raise ValueError(
+                    f"allowed_origins: {origin!r} is not an origin such as "
+                    "https://app.example.com or http://localhost:3000 (scheme, host, port), "
+                    "nor *."
+                )
         if self.max_connections_per_ip < 0:
             raise ValueError(
                 f"max_connections_per_ip must be 0 (no limit) or more, "

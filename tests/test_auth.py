@@ -219,7 +219,9 @@ async def test_forwarded_for_counts_only_from_trusted_proxies(serve, tokens_file
         auth_tokens_file=tokens_file, max_auth_failures_per_ip=2, forwarded_allow_ips=("10.0.0.1",)
     )
     for n in range(2):  # each claims another address; the peer is what counts
-        await upgrade(server, Authorization="Bearer guess", **{"X-Forwarded-For": f"198.51.100.{n}"})
+        await upgrade(
+            server, Authorization="Bearer guess", **{"X-Forwarded-For": f"198.51.100.{n}"}
+        )
     status, _, _ = await upgrade(
         server, Authorization=f"Bearer {TOKENS['bob']}", **{"X-Forwarded-For": "198.51.100.9"}
     )

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 from importlib.metadata import entry_points
+from typing import Any
 
 import aiohttp
 import pytest
@@ -289,3 +290,89 @@ async def test_minimal_plugin_in_the_docs_is_served(tmp_path, aiohttp_server, co
     async with aiohttp.ClientSession() as http:
         async with http.get(server.make_url("/-/shouter/stats")) as response:
             assert await response.json() == {"plugin": "shouter"}
+
+
+async def _upgrade_status(server: Any, **headers: str) -> int:
+    """The HTTP status of a WebSocket upgrade request (101: let in)."""
+    upgrade = {
+        "Upgrade": "websocket",
+        "Connection": "Upgrade",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+        "Sec-WebSocket-Version": "13",
+    }
+    async with aiohttp.ClientSession() as http:
+        async with http.get(server.make_url("/"), headers={**upgrade, **headers}) as response:
+            return response.status
+
+
+async def test_hook_authenticate_example_in_the_docs_names_the_principal(
+    tmp_path, aiohttp_server, monkeypatch
+):
+    """docs/plugins.md's cookie plugin, served as a file beside an agent: the signed cookie
+    lets in as its user, who owns the sessions it creates; anything else gets 401; a
+    configured token is checked first."""
+    import re
+
+    from myagent_ws.app import create_app
+    from myagent_ws.keys import SESSIONS
+    from myagent_ws.settings import Settings
+
+    monkeypatch.setenv("LOGIN_COOKIE_SECRET", "test-secret")
+    docs = (ROOT / "docs" / "plugins.md").read_text(encoding="utf-8")
+    code = next(b for b in re.findall(r"```python\n(.*?)```", docs, re.S) if "authenticate" in b)
+    plugin = tmp_path / "cookie_auth.py"
+    plugin.write_text(code, encoding="utf-8")
+    pm = make_plugin_manager()
+    registry = build_registry(pm, AgentSources(files=(WEATHER, str(plugin))))
+    app = create_app(Settings(auth_tokens=("ops-token",)), registry, pm=pm)
+    server = await aiohttp_server(app)
+    sign = pm.get_plugin(f"file:{plugin}").signature
+    assert await _upgrade_status(server) == 401
+    assert await _upgrade_status(server, Cookie=f"user=mallory.{sign('alice')}") == 401
+    assert await _upgrade_status(server, Authorization="Bearer ops-token") == 101
+    async with aiohttp.ClientSession(cookies={"user": f"alice.{sign('alice')}"}) as http:
+        async with http.ws_connect(server.make_url("/")) as ws:
+            assert (await ws.receive_json(timeout=5))["event"] == "system.connected"
+            await ws.send_json({"event": "user.create_session"})
+            created = await ws.receive_json(timeout=5)
+    assert app[SESSIONS].sessions[created["session_id"]].owner == "alice"
+
+
+class AsyncAuth:
+    @hookimpl
+    async def authenticate(self, request):
+        await asyncio.sleep(0)
+        return request.headers.get("X-User") or None
+
+
+class BrokenAuth:
+    @hookimpl
+    def authenticate(self, request):
+        if request.headers.get("X-Break") == "raise":
+            raise RuntimeError("database at db.internal:5432 is down")
+        return 42  # not a principal
+
+
+async def test_hook_authenticate_async_and_broken_hooks(aiohttp_server, caplog):
+    from myagent_ws.app import create_app
+    from myagent_ws.settings import Settings
+
+    pm = make_plugin_manager()
+    pm.register(AsyncAuth())
+    registry = build_registry(pm, AgentSources(files=(WEATHER,)))
+    server = await aiohttp_server(create_app(Settings(), registry, pm=pm))
+    assert await _upgrade_status(server, **{"X-User": "carol"}) == 101
+    assert await _upgrade_status(server) == 401
+
+    broken = make_plugin_manager()
+    broken.register(BrokenAuth())
+    registry = build_registry(broken, AgentSources(files=(WEATHER,)))
+    server = await aiohttp_server(create_app(Settings(), registry, pm=broken))
+    for headers in ({"X-Break": "raise"}, {}):
+        async with aiohttp.ClientSession() as http:
+            async with http.post(server.make_url("/auth/ticket"), headers=headers) as response:
+                assert response.status == 500
+                body = await response.json()
+        assert "db.internal" not in body["message"] and "see its log" in body["message"]
+    assert "db.internal:5432" in caplog.text  # the log keeps the detail
+    assert await _upgrade_status(server) == 500

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import tempfile
 import typing
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,7 +16,7 @@ from click.testing import CliRunner
 
 import myagent_ws.app
 from myagent_ws import cli as cli_module
-from myagent_ws.cli import cli, field_help
+from myagent_ws.cli import cli, field_help, flag_name
 from myagent_ws.registry import AgentRegistry
 from myagent_ws.settings import Settings
 
@@ -23,7 +25,12 @@ HINTS = typing.get_type_hints(Settings)
 
 
 def flag(field: dataclasses.Field[Any]) -> str:
-    return "--" + field.name.replace("_", "-")
+    return flag_name(field.name, repeatable=typing.get_origin(HINTS[field.name]) is tuple)
+
+
+def text(value: Any) -> str:
+    """A value as an environment variable holds it (a tuple: comma-separated)."""
+    return ",".join(value) if isinstance(value, tuple) else str(value)
 
 
 def env(field: dataclasses.Field[Any]) -> str:
@@ -47,6 +54,16 @@ def sample(field: dataclasses.Field[Any], step: int) -> Any:
         return others[(step - 1) % len(others)]
     if field.name == "store":  # a URL, checked by Settings
         return f"redis://127.0.0.1:6379/{step}"
+    if field.name == "auth_tokens_file":  # read at start-up: it must exist
+        path = Path(tempfile.gettempdir()) / f"myagent-ws-test-tokens-{step}"
+        path.write_text(f"user{step}:token-{step}\n", encoding="utf-8")
+        return str(path)
+    if field.name == "allowed_origins":  # origins, checked by Settings
+        return ("https://a.example", f"http://localhost:{step}") if step == 1 else ("*",)
+    if field.name == "forwarded_allow_ips":  # addresses and networks, checked by Settings
+        return ("10.0.0.0/8", f"192.0.2.{step}") if step == 1 else ("::1",)
+    if HINTS[field.name] == tuple[str, ...]:  # several from the environment, one by flag
+        return (f"{field.name}-{step}a", f"{field.name}-{step}b") if step == 1 else ("x",)
     if kind is str:
         return f"{field.name}-{step}"
     if kind is int:
@@ -116,11 +133,11 @@ def test_env_var_sets_the_field_and_the_flag_beats_it(run, field):
             assert getattr(settings, field.name) is expected, (env_value, args)
         return
     from_env, from_flag = sample(field, 1), sample(field, 2)
-    result, settings = run(env={env(field): str(from_env)})
+    result, settings = run(env={env(field): text(from_env)})
     assert result.exit_code == 0, result.output
     assert getattr(settings, field.name) == from_env
     assert settings == dataclasses.replace(Settings(), **{field.name: from_env})
-    result, settings = run(flag(field), str(from_flag), env={env(field): str(from_env)})
+    result, settings = run(flag(field), text(from_flag), env={env(field): text(from_env)})
     assert result.exit_code == 0, result.output
     assert getattr(settings, field.name) == from_flag
 
