@@ -14,7 +14,6 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -148,8 +147,10 @@ class Gate:
 
     # -- admission -----------------------------------------------------------------------------
 
-    async def identify(self, request: web.Request, *, tickets: bool = True) -> Any:
-        """(principal, ip), or the response that refuses the request."""
+    async def identify(
+        self, request: web.Request, *, tickets: bool = True
+    ) -> tuple[str | None, str] | web.Response:
+        """(principal, client IP), or the response that refuses the request."""
         ip = self.client_ip(request)
         if not self.origin_allowed(request):
             return refusal(
@@ -223,6 +224,8 @@ class Gate:
         """POST /auth/ticket: a single-use ticket for a WebSocket URL (?ticket=)."""
         found = await self.identify(request, tickets=False)
         if isinstance(found, web.Response):
+            if found.status != 403:  # an allowed page may read why (401: stop retrying)
+                found.headers.update(self.cors(request))
             return found
         try:
             body = await self.auth.issue_ticket(found[0])

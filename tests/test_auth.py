@@ -167,6 +167,9 @@ async def test_ticket_cors_answers_allowed_origins_only(serve, tokens_file):
             assert r.status == 403 and "Access-Control-Allow-Origin" not in r.headers
     status, _, headers = await ticket(server, TOKENS["bob"], Origin="http://127.0.0.1:3000")
     assert status == 200 and headers["Access-Control-Allow-Origin"] == "http://127.0.0.1:3000"
+    # an allowed page can read a refusal, so it knows to stop retrying with a bad token
+    status, _, headers = await ticket(server, "wrong", Origin="http://localhost:5173")
+    assert status == 401 and headers["Access-Control-Allow-Origin"] == "http://localhost:5173"
     status, body, headers = await ticket(server, TOKENS["bob"], Origin="https://evil.example")
     assert status == 403 and body["error"] == "forbidden_origin"
     assert "Access-Control-Allow-Origin" not in headers
