@@ -217,6 +217,7 @@ class Gate:
         return {
             "Access-Control-Allow-Origin": origin,
             "Access-Control-Allow-Credentials": "true",
+            "Access-Control-Expose-Headers": "Retry-After",
             "Vary": "Origin",
         }
 

@@ -2,8 +2,9 @@
 // list, global log) to MyAgentClient and keeps the app state: agents, session views and
 // which one is shown. A session is drawn by session-view.js (its turns by turn-view.js),
 // the tool-call approval dialog by confirm-dialog.js. The open sessions are kept in
-// sessionStorage (session-store.js), so a reload re-attaches them. Agent text only ever
-// reaches the page as text nodes or through markdown.js.
+// sessionStorage (session-store.js), so a reload re-attaches them. On a server with auth
+// the page asks for a token first (see "sign-in" below). Agent text only ever reaches the
+// page as text nodes or through markdown.js.
 
 import { MyAgentClient } from "./myagent-client.js";
 import { ConfirmDialog } from "./confirm-dialog.js";
@@ -26,6 +27,12 @@ const ui = {
   empty: testid("empty-state"),
   panels: testid("panels"),
   dialog: testid("confirm-dialog"),
+  // Only on a server with auth:
+  auth: testid("auth-panel"),
+  authForm: testid("auth-form"),
+  authToken: testid("auth-token"),
+  authError: testid("auth-error"),
+  signOut: testid("sign-out"),
 };
 
 const agents = new Map((initial.agents || []).map((agent) => [agent.name, agent]));
@@ -33,8 +40,8 @@ const views = new Map(); // session id -> SessionView
 let activeId = null;
 let starting = false;
 
-const token = new URLSearchParams(location.search).get("token") || undefined;
-const client = new MyAgentClient({ token });
+const authRequired = initial.auth_required === true;
+const client = new MyAgentClient(); // with auth: client.token is set once the page has one
 window.myagentConsole = { client, views };
 
 const connected = () => client.state === "connected";
@@ -108,7 +115,13 @@ function showState({ state, delayMs, attempt }) {
   ui.conn.dataset.state = state;
   clearInterval(retryTicker);
   retryTicker = null;
-  const labels = { idle: "Connecting…", connecting: "Connecting…", connected: "Connected", offline: "Offline" };
+  const labels = {
+    idle: "Connecting…",
+    connecting: "Connecting…",
+    connected: "Connected",
+    offline: "Offline",
+    unauthorized: "Token needed",
+  };
   ui.connLabel.textContent = labels[state] || "Reconnecting…";
   ui.retry.hidden = !(state === "reconnecting" || state === "offline");
   if (state === "reconnecting" && typeof delayMs === "number") {
@@ -227,6 +240,73 @@ function restoreView(event) {
 // still buffers, then sends agent.session_resumed and asks again what still waits.
 for (const kept of saved.sessions) client.attach(kept.id, { agent: kept.agent });
 
+// -- sign-in (servers with auth) ----------------------------------------------------------------
+
+// The token is kept in sessionStorage: this tab only, gone when it closes, never in a URL or
+// in localStorage. The client trades it for a single-use ticket before every connection.
+const TOKEN_KEY = "myagent-console.token.v1";
+
+function keptToken() {
+  try {
+    return sessionStorage.getItem(TOKEN_KEY) || null;
+  } catch {
+    return null; // storage blocked: the page asks on every load
+  }
+}
+
+function keepToken(token) {
+  try {
+    if (token) sessionStorage.setItem(TOKEN_KEY, token);
+    else sessionStorage.removeItem(TOKEN_KEY);
+  } catch {
+    // Storage blocked: this page still connects, a reload asks again.
+  }
+}
+
+/** Shows the token form, with why it is shown again (a refused token), if it is. */
+function askForToken(why) {
+  client.token = null;
+  ui.auth.hidden = false;
+  ui.signOut.hidden = true;
+  ui.authError.replaceChildren(
+    ...(why ? [h("strong", { text: "The server did not accept this token. " }), h("span", { text: why })] : []),
+  );
+  ui.authError.hidden = !why;
+  ui.authToken.value = "";
+  showState({ state: "unauthorized" });
+  ui.authToken.focus();
+}
+
+function signIn(token) {
+  keepToken(token);
+  client.token = token;
+  ui.auth.hidden = true;
+  ui.signOut.hidden = false;
+  client.connect().catch(() => {}); // a refused token comes back as state "unauthorized"
+}
+
+if (authRequired) {
+  ui.authForm.addEventListener("submit", (e) => {
+    e.preventDefault();
+    const token = ui.authToken.value.trim();
+    if (token) signIn(token);
+  });
+  client.on("state", ({ state, error }) => {
+    if (state !== "unauthorized") return;
+    keepToken(null);
+    askForToken(error?.message || "");
+  });
+  // Signing out forgets the token and the sessions it opened (they are its principal's),
+  // and starts the page afresh.
+  ui.signOut.addEventListener("click", () => {
+    client.close();
+    keepToken(null);
+    restoring.clear();
+    saveSessions([], null);
+    location.reload();
+  });
+}
+
 // -- wiring ------------------------------------------------------------------------------------
 
 client.on("state", showState);
@@ -284,16 +364,19 @@ ui.agentForm.addEventListener("submit", async (e) => {
     updateControls();
   }
 });
+const mayConnect = () => !authRequired || !!client.token;
 ui.retry.addEventListener("click", () => {
-  if (client.state === "offline") client.connect().catch(() => {});
+  if (client.state === "offline" && mayConnect()) client.connect().catch(() => {});
   else client.retryNow();
 });
 // Leaving the page closes the socket (the server keeps the sessions for a while); coming
 // back from the back/forward cache re-attaches them.
 window.addEventListener("pagehide", () => client.close());
 window.addEventListener("pageshow", (e) => {
-  if (e.persisted) client.connect().catch(() => {});
+  if (e.persisted && mayConnect()) client.connect().catch(() => {});
 });
 
 renderAgents();
-client.connect().catch(() => {});
+if (!authRequired) client.connect().catch(() => {});
+else if (keptToken()) signIn(keptToken()); // a reload of this tab: no need to ask again
+else askForToken();

@@ -14,20 +14,40 @@
  *
  * Constructor options (all optional):
  *   url            WebSocket URL. Default: the page's own origin, ws: or wss:, path "/".
- *   token          Sent as the `?token=` query parameter (servers with auth).
+ *   token          For servers with auth: before every connection attempt (the first and
+ *                  each reconnect: a ticket opens one connection) the client trades it for a
+ *                  ticket, `POST <ticketUrl>` with `Authorization: Bearer <token>`, and
+ *                  connects with `?ticket=`; the token itself never goes in a URL. A 401
+ *                  there (the token is wrong) stops the client in state "unauthorized", a
+ *                  403 (origin not allowed) in "offline"; no ticket for any other reason
+ *                  (network error, 5xx, 429, no answer within requestTimeoutMs) is retried
+ *                  with the backoff. A server with auth off hands out tickets too (and
+ *                  ignores them), so one front end fits both. Also a property: set
+ *                  `client.token`, then connect() again after "unauthorized".
+ *   ticketUrl      Where tickets come from. Default: the http(s) origin of `url` plus
+ *                  "/auth/ticket" (e.g. ws://host:8080/ -> http://host:8080/auth/ticket).
+ *                  Given without `token`, it is POSTed with the page's cookies instead
+ *                  (an app's own backend that hands out tickets to its signed-in users).
+ *   getTicket      async ({url, signal}) -> ticket string, called before every connection
+ *                  attempt instead of the above, for apps that get tickets their own way.
+ *                  Throwing an Error with code "unauthorized" (or status 401) stops the
+ *                  client in state "unauthorized"; any other error is retried.
  *   reconnect      Reconnect after an unexpected close (default true).
  *   backoff        {initialMs: 500, maxMs: 15000, factor: 2, jitter: 0.5}: the delay before
  *                  retry n is min(maxMs, initialMs * factor^n), of which a random share up to
  *                  `jitter` is taken off, so many clients do not retry in step.
  *   maxAttempts    Give up (state "offline") after this many failed retries (default: never).
  *   ackIntervalMs  At most one `user.ack` per session per this many ms (default 500).
- *   requestTimeoutMs  createSession() / listAgents() reject after this long (default 15000).
+ *   requestTimeoutMs  createSession() / listAgents() reject after this long, and a ticket
+ *                  that has not come after this long counts as a failed attempt (default 15000).
  *   onEvent        Called with every server event (a parsed object).
- *   onStateChange  Called with {state, previous, attempt, delayMs} on every state change.
+ *   onStateChange  Called with {state, previous, attempt, delayMs, error} on every state change.
  *   WebSocket      The WebSocket class to use (default: globalThis.WebSocket).
  *
  * Methods:
- *   connect() -> Promise<metadata of system.connected>   (resolves when connected)
+ *   connect() -> Promise<metadata of system.connected>   (resolves when connected;
+ *                                            rejects with `.code` "unauthorized" when the
+ *                                            credential is refused, "offline" on giving up)
  *   close()                                  stop; no more reconnects; state "offline"
  *   retryNow()                               skip the backoff wait and reconnect now
  *   createSession(agentName?) -> Promise<session id>   rejects with an Error carrying
@@ -49,7 +69,10 @@
  * The fire-and-forget methods (send, cancel, respond, endSession) throw an Error with
  * code "not_connected" when the socket is not connected; the promise methods reject.
  *
- * Properties: state ("idle" | "connecting" | "connected" | "reconnecting" | "offline"),
+ * Properties: state ("idle" | "connecting" | "connected" | "reconnecting" | "offline" |
+ * "unauthorized": the server refused the credential; no reconnects until connect()),
+ * error (the Error that stopped the client: code "unauthorized", or e.g.
+ * "forbidden_origin" when the ticket endpoint answered 403; null once connected),
  * info (metadata of the last system.connected), agents (names from system.connected),
  * agentDetails (the last system.agents content), sessions (Map id -> {id, agent, lastSeq,
  * replaying}).
@@ -58,7 +81,9 @@
  * payload, `on()` passes the payload directly):
  *   "event"            every server event, once, in order
  *   "<event name>"     the same, by name, e.g. "agent.final_answer", "system.error"
- *   "state"            {state, previous, attempt, delayMs}
+ *   "state"            {state, previous, attempt, delayMs, error}: `error` is why the
+ *                      attempt failed when the client knows it (no ticket: an Error with
+ *                      `.code` such as "unauthorized" or "network_error"), else absent
  *   "frame-error"      {error, data}: a frame that was not JSON (should never happen)
  *
  * Reconnecting: after an unexpected close the client waits (backoff above), opens a new
@@ -100,6 +125,20 @@ export function defaultUrl(location = globalThis.location) {
   return `${location.protocol === "https:" ? "wss:" : "ws:"}//${location.host}/`;
 }
 
+/** http(s)://host/auth/ticket for a ws(s): URL: where the server hands out tickets. */
+export function defaultTicketUrl(url) {
+  const parsed = new URL(url);
+  const secure = parsed.protocol === "wss:" || parsed.protocol === "https:";
+  return `${secure ? "https:" : "http:"}//${parsed.host}/auth/ticket`;
+}
+
+/** The URL with `?ticket=` set (replacing one already there). */
+function withTicket(url, ticket) {
+  const parsed = new URL(url);
+  parsed.searchParams.set("ticket", ticket);
+  return parsed.href;
+}
+
 function problem(message, code, event) {
   const error = new Error(message);
   error.code = code;
@@ -111,11 +150,9 @@ export class MyAgentClient extends EventTarget {
   constructor(options = {}) {
     super();
     this.url = options.url ?? defaultUrl();
-    if (options.token) {
-      const url = new URL(this.url);
-      url.searchParams.set("token", options.token);
-      this.url = url.href;
-    }
+    this.token = options.token ?? null;
+    this.ticketUrl = options.ticketUrl ?? null;
+    this.getTicket = options.getTicket ?? null;
     this.reconnect = options.reconnect ?? true;
     this.backoff = { ...DEFAULT_BACKOFF, ...(options.backoff || {}) };
     this.maxAttempts = options.maxAttempts ?? Infinity;
@@ -126,12 +163,14 @@ export class MyAgentClient extends EventTarget {
     this.WebSocket = options.WebSocket ?? globalThis.WebSocket;
 
     this.state = "idle";
+    this.error = null;
     this.info = null;
     this.agents = [];
     this.agentDetails = null;
     this.sessions = new Map();
 
     this._ws = null;
+    this._ticketing = null; // {abort} while a ticket is being fetched for the next socket
     this._wanted = false; // connect() was called and close() was not
     this._fatal = false; // the server refused us (unauthorized): do not retry
     this._attempt = 0;
@@ -150,7 +189,7 @@ export class MyAgentClient extends EventTarget {
     this._fatal = false;
     if (this.state === "connected") return Promise.resolve(this.info);
     const waiting = new Promise((resolve, reject) => this._waiters.push({ resolve, reject }));
-    if (!this._ws && !this._retryTimer) {
+    if (!this._ws && !this._retryTimer && !this._ticketing) {
       this._attempt = 0;
       this._open();
     }
@@ -161,6 +200,7 @@ export class MyAgentClient extends EventTarget {
   close() {
     this._wanted = false;
     this._clearRetry();
+    this._stopTicketing();
     globalThis.removeEventListener?.("online", this._onOnline);
     const ws = this._ws;
     this._ws = null;
@@ -175,16 +215,108 @@ export class MyAgentClient extends EventTarget {
   }
 
   retryNow() {
-    if (!this._wanted || this._ws || this._fatal) return;
+    if (!this._wanted || this._ws || this._ticketing || this._fatal) return;
     this._clearRetry();
     this._open();
   }
 
   _open() {
     this._setState(this._attempt === 0 && this.state !== "reconnecting" ? "connecting" : "reconnecting");
+    if (!this.token && !this.ticketUrl && !this.getTicket) {
+      this._dial(this.url);
+      return;
+    }
+    // A fresh ticket for every socket: each one opens a single connection.
+    const controller = new AbortController();
+    const run = { abort: () => controller.abort() };
+    this._ticketing = run;
+    let timer;
+    const deadline = new Promise((resolve, reject) => {
+      timer = setTimeout(() => {
+        controller.abort();
+        reject(problem("No ticket came in time; the server may be overloaded.", "timeout"));
+      }, this.requestTimeoutMs);
+    });
+    Promise.race([this._fetchTicket(controller.signal), deadline])
+      .finally(() => clearTimeout(timer))
+      .then(
+        (ticket) => {
+          if (this._ticketing !== run) return; // closed (or restarted) meanwhile
+          this._ticketing = null;
+          this._dial(withTicket(this.url, ticket));
+        },
+        (error) => {
+          if (this._ticketing !== run) return;
+          this._ticketing = null;
+          this._ticketFailed(error);
+        },
+      );
+  }
+
+  /** A ticket from getTicket(), or from POST ticketUrl; rejects with an Error with `.code`. */
+  async _fetchTicket(signal) {
+    if (this.getTicket) {
+      const ticket = await this.getTicket({ url: this.url, signal });
+      if (typeof ticket !== "string" || !ticket) {
+        throw problem("getTicket() gave no ticket (it must resolve to a non-empty string).", "ticket_failed");
+      }
+      return ticket;
+    }
+    const url = this.ticketUrl ?? defaultTicketUrl(this.url);
+    let response;
+    let body = null;
+    try {
+      response = await fetch(url, {
+        method: "POST",
+        headers: this.token ? { Authorization: `Bearer ${this.token}` } : {},
+        cache: "no-store",
+        credentials: this.token ? "same-origin" : "include",
+        signal,
+      });
+      body = await response.json().catch(() => null);
+    } catch {
+      throw problem(
+        `Could not get a ticket from ${url}: the server is unreachable, or it does not allow this page's origin.`,
+        "network_error",
+      );
+    }
+    if (response.ok && typeof body?.ticket === "string" && body.ticket) return body.ticket;
+    const said = typeof body?.message === "string" ? body.message : "";
+    const error =
+      response.status === 401
+        ? problem(said || "The server did not accept the token.", "unauthorized")
+        : problem(said || `${url} answered HTTP ${response.status} without a ticket.`, body?.error || "ticket_failed");
+    error.status = response.status;
+    const retryAfter = Number(response.headers.get("Retry-After"));
+    if (retryAfter > 0) error.retryAfterMs = retryAfter * 1000;
+    throw error;
+  }
+
+  _stopTicketing() {
+    const run = this._ticketing;
+    this._ticketing = null;
+    run?.abort();
+  }
+
+  /** No ticket: a refused credential (401) or origin (403) stops; anything else is retried. */
+  _ticketFailed(error) {
+    if (!(error instanceof Error)) error = problem(String(error), "ticket_failed");
+    const refused = error?.code === "unauthorized" || error?.status === 401;
+    if (!refused && error?.status !== 403) {
+      this._scheduleRetry(error);
+      return;
+    }
+    if (refused) error.code = "unauthorized";
+    this._fatal = true;
+    this.error = error;
+    for (const waiter of this._waiters.splice(0)) waiter.reject(error);
+    this._setState(refused ? "unauthorized" : "offline", { error });
+  }
+
+  _dial(url) {
     let ws;
     try {
-      ws = new this.WebSocket(this.url);
+      ws = new this.WebSocket(url);
     } catch (error) {
       this._scheduleRetry(error);
       return;
@@ -201,23 +333,24 @@ export class MyAgentClient extends EventTarget {
     ws.onerror = () => {}; // a close event always follows
   }
 
-  _scheduleRetry() {
+  _scheduleRetry(cause) {
+    const error = cause instanceof Error ? cause : undefined; // a ticket that could not be had
     if (!this._wanted || this._fatal || !this.reconnect || this._attempt >= this.maxAttempts) {
       for (const waiter of this._waiters.splice(0)) {
         waiter.reject(problem("Could not connect to the server.", "offline"));
       }
-      this._setState("offline");
+      this._setState("offline", error ? { error } : {});
       return;
     }
     if (globalThis.navigator && globalThis.navigator.onLine === false) {
-      this._setState("offline"); // the "online" event calls retryNow()
+      this._setState("offline", error ? { error } : {}); // the "online" event calls retryNow()
       return;
     }
     const { initialMs, maxMs, factor, jitter } = this.backoff;
     const ceiling = Math.min(maxMs, initialMs * factor ** this._attempt);
-    const delayMs = Math.round(ceiling * (1 - jitter * Math.random()));
+    const delayMs = Math.max(Math.round(ceiling * (1 - jitter * Math.random())), error?.retryAfterMs ?? 0);
     this._attempt += 1;
-    this._setState("reconnecting", { delayMs });
+    this._setState("reconnecting", error ? { delayMs, error } : { delayMs });
     this._retryTimer = setTimeout(() => {
       this._retryTimer = null;
       this._open();
@@ -268,6 +401,7 @@ export class MyAgentClient extends EventTarget {
     this.info = event.metadata || {};
     this.agents = Array.isArray(this.info.agents) ? this.info.agents : [];
     this._attempt = 0;
+    this.error = null;
     // Re-attach before anyone can send: frames are handled in order by the server.
     for (const session of this.sessions.values()) this._reattach(session);
     this._setState("connected", { reconnected: wasReconnect });
