@@ -186,7 +186,11 @@ class Protocol:
                 f"Unknown event {_short(event)}.{hint} Clients can send: {_CLIENT_LIST}.",
                 session_id=session_id,
             )
-        if not fast.is_valid(message):
+        try:
+            valid = fast.is_valid(message)
+        except UnicodeEncodeError:  # a lone surrogate in a key (jsonschema-rs cannot take it)
+            valid = False
+        if not valid:
             error = self._violation(event, message, session_id)
             if error is not None:
                 raise error

@@ -135,3 +135,15 @@ async def test_user_response_without_pending_confirmation_is_confirm_not_pending
     error = await client.error("confirm_not_pending")
     assert "t1" in error["content"] and error["session_id"] == sid
     assert (await client.turn(sid, "hello"))[-1]["event"] == "agent.final_answer"
+
+
+async def test_a_lone_surrogate_in_a_key_is_an_ignored_extra_field(serve, connect):
+    """Found by bench/fuzz.py: jsonschema-rs cannot take a key that is not valid Unicode;
+    the frame is still judged by its schema (an unknown extra field is ignored)."""
+    server = await serve()
+    client = await connect(server)
+    await client.send('{"event":"user.list_agents","\\ud800":1}')
+    assert (await client.recv())["event"] == "system.agents"
+    await client.send('{"event":"user.message","\\udfff":null}')
+    error = await client.error("schema_violation")
+    assert error["metadata"]["path"] == "/session_id"
