@@ -45,7 +45,44 @@ def test_banner_names_file_agent_offline_model_and_url(cli_server):
     # uvloop is in the test extra, so every CLI test here serves on it.
     assert "event loop: uvloop" in output
     assert "sessions: in this process" in output
+    assert "🔓 auth: off: anyone who reaches the port may connect" in output
+    assert "browser origins: this server's own, localhost and 127.0.0.1 on any port" in output
     assert server.proc.returncode == 0
+
+
+def test_banner_announces_auth_on(cli_server, tmp_path):
+    tokens = tmp_path / "tokens"
+    tokens.write_text("alice:a-token\nalice:rotated-token\nbob:b-token\n", encoding="utf-8")
+    server = cli_server(
+        WEATHER,
+        "--auth-tokens-file",
+        str(tokens),
+        "--auth-token",
+        "ops-token",
+        "--allowed-origin",
+        "https://app.example.com",
+    )
+    output = server.stop()
+    assert "🔒 auth: on: 3 principals by token" in output  # alice, bob, ops-token's
+    assert "browser origins: this server's own, https://app.example.com" in output
+    for token in ("a-token", "rotated-token", "b-token", "ops-token"):
+        assert token not in output
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (("--auth-tokens-file", "/nonexistent/tokens"), "Cannot read --auth-tokens-file"),
+        (("--allowed-origin", "app.example.com"), "is not an origin"),
+        (("--forwarded-allow-ip", "proxy.local"), "is not an IP address or network"),
+    ],
+)
+def test_bad_security_settings_exit_2_with_one_line(args, expected):
+    result = run_cli("server", WEATHER, *args)
+    assert result.returncode == 2, result.stdout + result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1 and expected in errors[0], result.stderr
+    assert "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize(
