@@ -12,11 +12,12 @@ import copy
 import difflib
 import inspect
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
-from .errors import LLMError, MaxStepsError
+from .errors import LLMError, MaxStepsError, tool_failure
 from .events import (
     ConfirmRequest,
     FinalAnswer,
@@ -28,6 +29,9 @@ from .events import (
 )
 from .llm import Model, ModelReply, ToolCallRequest, model_from_env
 from .tool.base_tool import BaseTool, ToolResult, output_text
+
+# Tools that raise: the traceback goes here (the server log), never to a client.
+tool_log = logging.getLogger("myagent.tools")
 
 # confirm(request) -> approve it? (sync or async), for ReactAgent.arun.
 Confirm = Callable[[ConfirmRequest], bool | Awaitable[bool]]
@@ -159,7 +163,7 @@ class ReactAgent:
                     args, problem = _parse_arguments(call)
                     yield ToolCall(step, call.id, call.name, args)
                     tool, output = _checked(tools, call, args, problem)
-                    status, reason, duration_ms = "error", None, 0.0
+                    status, reason, duration_ms, public = "error", None, 0.0, None
                     if tool is not None and self.needs_confirmation(tool):
                         request = ConfirmRequest(step, call.id, call.name, args)
                         yield request  # the consumer answers it before asking for more
@@ -168,14 +172,14 @@ class ReactAgent:
                             status, reason = "rejected", request.reason
                     if tool is not None:
                         started = time.perf_counter()
-                        output, ok = await _execute(tool, args)
+                        output, ok, public = await _execute(tool, args)
                         duration_ms = (time.perf_counter() - started) * 1000
                         status = "success" if ok else "error"
                     self.messages.append(
                         {"role": "tool", "tool_call_id": call.id, "content": output}
                     )
                     yield ToolFinished(
-                        step, call.id, call.name, output, status, duration_ms, reason
+                        step, call.id, call.name, output, status, duration_ms, reason, public
                     )
         finally:
             if not done:
@@ -220,8 +224,10 @@ def _checked(
     return tool, ""
 
 
-async def _execute(tool: BaseTool, args: dict[str, Any]) -> tuple[str, bool]:
-    """Run one checked tool call; every failure becomes (a sentence for the model, False)."""
+async def _execute(tool: BaseTool, args: dict[str, Any]) -> tuple[str, bool, str | None]:
+    """Run one checked tool call: (output, ok, None). A tool that raises gives (a sentence
+    for the model with the exception's text, False, the same without it for clients), and
+    its traceback goes to the log; a ToolResult(error=...) is the tool's own message."""
     try:
         result = tool.execute(**args)
         if inspect.isawaitable(result):
@@ -231,12 +237,14 @@ async def _execute(tool: BaseTool, args: dict[str, Any]) -> tuple[str, bool]:
         if task is not None and task.cancelling():
             # The tool turned our cancellation into another error: cancel anyway.
             raise asyncio.CancelledError from exc
-        return f"The tool {tool.name} failed: {type(exc).__name__}: {exc}", False
+        for_model, public = tool_failure(tool.name, exc)
+        tool_log.warning("%s", for_model, exc_info=exc)
+        return for_model, False, public
     if isinstance(result, ToolResult):
         if result.error is not None:
-            return str(result.error) or f"The tool {tool.name} failed.", False
-        return output_text(result.output), True
-    return output_text(result), True
+            return str(result.error) or f"The tool {tool.name} failed.", False, None
+        return output_text(result.output), True, None
+    return output_text(result), True, None
 
 
 def _declined(request: ConfirmRequest) -> str:

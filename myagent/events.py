@@ -60,8 +60,10 @@ class ConfirmRequest:
 
 @dataclass(slots=True)
 class ToolFinished:
-    """A tool call ended; on "error", `output` is a sentence saying what went wrong; on
-    "rejected" the tool did not run (`reason` as in ConfirmRequest)."""
+    """A tool call ended; on "error", `output` is a sentence saying what went wrong (what
+    the model reads); on "rejected" the tool did not run (`reason` as in ConfirmRequest).
+    `public`, when set, is the text to show a client instead of `output`: a tool that
+    raised gives the model the exception's text, which may name hosts or paths."""
 
     step: int
     call_id: str
@@ -70,6 +72,12 @@ class ToolFinished:
     status: Literal["success", "error", "rejected"]
     duration_ms: float
     reason: str | None = None
+    public: str | None = None
+
+    @property
+    def shown(self) -> str:
+        """What a client may see of the result."""
+        return self.output if self.public is None else self.public
 
 
 @dataclass(slots=True)

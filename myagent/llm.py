@@ -1,8 +1,9 @@
 """The Model contract and the OpenAI-compatible model.
 
 A Model streams one reply: text deltas (str) as they arrive, then exactly one ModelReply
-with the whole reply. Every failure becomes an LLMError whose message says which setting
-to check, so the person running the server can fix it without reading a stack trace.
+with the whole reply. Every failure becomes an LLMError whose message says what kind of
+failure it was, for any client, and whose detail names the endpoint, what it said and the
+setting to check, for the operator: no one needs a stack trace.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ OPENAI_URL = "https://api.openai.com/v1"
 # Local OpenAI-compatible servers (Ollama, vLLM, llama.cpp) ignore the key but the client
 # insists on one.
 PLACEHOLDER_KEY = "not-needed"
+# What most LLM failures ask the operator to check.
+URL_SETTING = "OPENAI_BASE_URL / --llm-base-url"
 # The raw request sends a pre-encoded body, so it says what it is.
 _JSON_BODY: Any = {"headers": {"Content-Type": "application/json"}}
 
@@ -116,8 +119,9 @@ class OpenAIModel(Model):
         if self._client is None:
             if self.api_key is None:
                 raise LLMError(
-                    "No API key for the OpenAI API. Set OPENAI_API_KEY, or set "
-                    "OPENAI_BASE_URL / --llm-base-url to use a local OpenAI-compatible server."
+                    "No API key is configured for the LLM.",
+                    "Set OPENAI_API_KEY, or set OPENAI_BASE_URL / --llm-base-url to use a "
+                    "local OpenAI-compatible server.",
                 )
             self._client = openai.AsyncOpenAI(
                 api_key=self.api_key,
@@ -177,36 +181,37 @@ class OpenAIModel(Model):
             if not idle.expired:
                 raise
             idle.task.uncancel()
-            raise LLMError(self._timeout_message()) from None
+            raise self._timeout() from None
         except openai.OpenAIError as exc:
             raise self._error(exc) from None
         except httpx2.TimeoutException:
-            raise LLMError(self._timeout_message()) from None
+            raise self._timeout() from None
         except (httpx2.TransportError, aiohttp.ClientError) as exc:
-            raise LLMError(
-                f"The connection to the LLM endpoint at {self.endpoint} broke in the middle of "
-                f"a reply: {_connection_reason(exc)}. Check OPENAI_BASE_URL / --llm-base-url."
+            raise self._fail(
+                "The connection to the LLM endpoint broke in the middle of a reply.",
+                _connection_reason(exc),
             ) from None
         except (ValueError, TypeError, AttributeError, KeyError) as exc:
-            raise LLMError(
-                f"The LLM endpoint at {self.endpoint} sent a malformed streaming reply "
-                f"({type(exc).__name__}). Check that OPENAI_BASE_URL / --llm-base-url points "
-                "to an OpenAI-compatible /v1 API."
+            raise self._fail(
+                "The LLM endpoint sent a malformed streaming reply.",
+                type(exc).__name__,
+                f"Check that {URL_SETTING} points to an OpenAI-compatible /v1 API.",
             ) from None
         finally:
             idle.close()
 
         if reply.finish is None:
-            raise LLMError(
-                f"The LLM endpoint at {self.endpoint} closed the stream before finishing the "
-                "reply (no finish_reason). llama.cpp does this when the prompt overflows its "
-                "context: raise its --ctx-size or shorten the conversation."
+            raise self._fail(
+                "The LLM endpoint closed the stream before finishing the reply (no "
+                "finish_reason); the conversation may be too long for the model's context.",
+                hint="llama.cpp does this when the prompt overflows its context: raise its "
+                "--ctx-size or shorten the conversation.",
             )
         if reply.finish == "length" and reply.calls:
-            raise LLMError(
-                f"The LLM endpoint at {self.endpoint} cut the reply at the model's token limit "
-                "in the middle of a tool call (finish_reason: length). Raise the server's "
-                "max tokens or context size, or shorten the conversation."
+            raise self._fail(
+                "The model reached its token limit in the middle of a tool call "
+                "(finish_reason: length); shorten the conversation.",
+                hint="Raise the LLM server's max tokens or context size.",
             )
         yield ModelReply(text="".join(reply.text), tool_calls=self._tool_calls(reply.calls))
 
@@ -215,71 +220,60 @@ class OpenAIModel(Model):
         for index in sorted(calls):
             call = calls[index]
             if not call["name"]:
-                raise LLMError(
-                    f"The LLM endpoint at {self.endpoint} streamed a tool call without a "
-                    f"name. Check that MYAGENT_MODEL / --model ({self.model_id}) supports "
-                    "tool calling."
+                raise self._fail(
+                    "The model sent a tool call without a name.",
+                    hint=f"Check that MYAGENT_MODEL / --model ({self.model_id}) supports "
+                    "tool calling.",
                 )
             result.append(
                 ToolCallRequest(call["id"] or new_call_id(), call["name"], call["arguments"])
             )
         return result
 
+    def _fail(self, message: str, said: str = "", hint: str = f"Check {URL_SETTING}.") -> LLMError:
+        """An LLMError whose message any client may see; the endpoint, what it said and
+        the setting to check are its detail, for the server log."""
+        said = f": {said.rstrip('.')}" if said else ""
+        return LLMError(message, f"(LLM endpoint {self.endpoint}{said}.) {hint}")
+
+    def _timeout(self) -> LLMError:
+        return self._fail(
+            f"The LLM endpoint did not answer within {self.timeout:g} s.",
+            hint=f"Check that it is running and not overloaded ({URL_SETTING}).",
+        )
+
     def _error(self, exc: openai.OpenAIError) -> LLMError:
         """A sentence a person can act on for each way the endpoint can fail."""
-        where = self.endpoint
         if isinstance(exc, openai.APITimeoutError):
-            return LLMError(self._timeout_message())
+            return self._timeout()
         if isinstance(exc, openai.APIConnectionError):
-            return LLMError(
-                f"Could not reach the LLM endpoint at {where}: {_connection_reason(exc)}. "
-                "Check OPENAI_BASE_URL / --llm-base-url."
-            )
+            return self._fail("Could not reach the LLM endpoint.", _connection_reason(exc))
         if isinstance(exc, openai.APIStatusError):
-            return LLMError(self._status_message(exc))
+            return self._status_error(exc)
         if isinstance(exc, openai.APIError):
-            return LLMError(
-                f"The LLM endpoint at {where} reported an error: {_one_line(exc.message)}."
-            )
-        return LLMError(f"The LLM client failed: {_one_line(str(exc))}.")
+            return self._fail("The LLM endpoint reported an error.", _one_line(exc.message))
+        return self._fail("The LLM client failed.", _one_line(str(exc)))
 
-    def _timeout_message(self) -> str:
-        return (
-            f"The LLM endpoint at {self.endpoint} did not answer within {self.timeout:g} s. "
-            "Check that it is running and not overloaded (OPENAI_BASE_URL / --llm-base-url)."
-        )
-
-    def _status_message(self, exc: openai.APIStatusError) -> str:
-        status, detail = exc.status_code, _detail(exc)
-        said = f": {detail}" if detail else ""
+    def _status_error(self, exc: openai.APIStatusError) -> LLMError:
+        status, said, model = exc.status_code, _upstream_said(exc), self.model_id
         if status == 401:
-            return f"The LLM endpoint rejected the API key (401){said}. Check OPENAI_API_KEY."
-        if status == 403:
-            return (
-                f"The LLM endpoint refused access (403){said}. Check that OPENAI_API_KEY may "
-                f"use the model {self.model_id!r}."
-            )
-        if status == 404:
-            return (
-                f"The LLM endpoint at {self.endpoint} has no model {self.model_id!r} or no "
-                f"chat completions API (404){said}. Check MYAGENT_MODEL / --model and "
-                "OPENAI_BASE_URL / --llm-base-url."
-            )
-        if status == 429:
-            return (
-                f"The LLM endpoint is rate limiting requests (429){said}. Wait a moment and "
-                "try again, or check the quota of the key in OPENAI_API_KEY."
-            )
-        if status >= 500:
-            return (
-                f"The LLM endpoint at {self.endpoint} failed with a server error "
-                f"({status}){said}. Try again later, or check the server behind "
-                "OPENAI_BASE_URL / --llm-base-url."
-            )
-        return (
-            f"The LLM endpoint rejected the request ({status}){said}. Check MYAGENT_MODEL / "
-            f"--model ({self.model_id}) and OPENAI_BASE_URL / --llm-base-url."
-        )
+            message, hint = "The LLM endpoint rejected the API key (401).", "Check OPENAI_API_KEY."
+        elif status == 403:
+            message = "The LLM endpoint refused access (403)."
+            hint = f"Check that OPENAI_API_KEY may use the model {model!r}."
+        elif status == 404:
+            message = f"The LLM endpoint has no model {model!r} or no chat completions API (404)."
+            hint = f"Check MYAGENT_MODEL / --model and {URL_SETTING}."
+        elif status == 429:
+            message = "The LLM endpoint is rate limiting requests (429); try again in a moment."
+            hint = "Check the quota of the key in OPENAI_API_KEY."
+        elif status >= 500:
+            message = f"The LLM endpoint failed with a server error ({status}); try again later."
+            hint = f"Check the server behind {URL_SETTING}."
+        else:
+            message = f"The LLM endpoint rejected the request ({status})."
+            hint = f"Check MYAGENT_MODEL / --model ({model}) and {URL_SETTING}."
+        return self._fail(message, said, hint)
 
     async def aclose(self) -> None:
         if self._client is not None:
@@ -403,7 +397,7 @@ def _one_line(text: str, limit: int = 200) -> str:
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
-def _detail(exc: openai.APIStatusError) -> str:
+def _upstream_said(exc: openai.APIStatusError) -> str:
     """The endpoint's own explanation, from its JSON error body if it sent one."""
     body = exc.body
     if isinstance(body, dict):

@@ -18,6 +18,7 @@ import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+from .errors import hide_tool_failure
 from .llm import Model, ModelReply, ToolCallRequest, new_call_id
 
 CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
@@ -253,7 +254,8 @@ def answer_from_tools(messages: list[dict[str, Any]], user: str) -> str:
     for message in reversed(messages):
         if message.get("role") != "tool":
             break
-        outputs.append(str(message.get("content") or "").strip())
+        # A tool's exception text is for the model, not for the user it would be shown to.
+        outputs.append(hide_tool_failure(str(message.get("content") or "").strip()))
     outputs.reverse()
     if is_chinese(user):
         if len(outputs) == 1:

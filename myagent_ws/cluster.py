@@ -57,7 +57,7 @@ class SharedSessions(SessionManager):
         agent = self.new_agent(spec.name)
         session = SharedSession(new_session_id(), spec.name, agent, self, owner)
         session.mem_v = 0
-        event = created_event(session)
+        event = created_event(session, self.settings.debug)
         body = session.body(event)
         record = SessionRecord(session.id, spec.name, time.time(), owner)
         first = await self.store.create(record, event["event"], body)

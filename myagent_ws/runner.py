@@ -69,8 +69,9 @@ class Questions(Protocol):
         ...
 
 
-def step_event(step: Any) -> dict[str, Any]:
-    """The protocol event for one agent step event."""
+def step_event(step: Any, reveal_detail: bool = False) -> dict[str, Any]:
+    """The protocol event for one agent step event. A failed tool's exception text goes
+    on the wire only with `reveal_detail` (the server's --debug)."""
     match step:
         case TextDelta():
             return make_event(
@@ -106,7 +107,10 @@ def step_event(step: Any) -> dict[str, Any]:
             if step.reason is not None:
                 metadata["reason"] = step.reason
             return make_event(
-                "agent.tool_result", step_id=step.call_id, content=step.output, metadata=metadata
+                "agent.tool_result",
+                step_id=step.call_id,
+                content=step.output if reveal_detail else step.shown,
+                metadata=metadata,
             )
     raise TypeError(f"unknown agent step event {step!r}")
 
@@ -318,17 +322,25 @@ def start_turn(
     after: asyncio.Task[None] | None = None,
     questions: Questions | None = None,
     name: str = "turn",
+    reveal_detail: bool = False,
 ) -> Turn:
     """Start one turn of `agent` as a task. `pace` waits for connections that fell behind
     (bounded); `on_end` runs once the terminal event is out; `after` is the previous
-    turn's task, which may still be unwinding."""
+    turn's task, which may still be unwinding. `reveal_detail` (the server's --debug)
+    puts the internal detail of errors on the wire; otherwise it goes to the log only."""
     turn = Turn(emit, metrics, timeout_s, confirm_timeout_s, on_end, questions)
-    turn.task = asyncio.create_task(_drive(agent, text, turn, pace, after), name=name)
+    drive = _drive(agent, text, turn, pace, after, reveal_detail)
+    turn.task = asyncio.create_task(drive, name=name)
     return turn
 
 
 async def _drive(
-    agent: Any, text: str, turn: Turn, pace: Pace, after: asyncio.Task[None] | None
+    agent: Any,
+    text: str,
+    turn: Turn,
+    pace: Pace,
+    after: asyncio.Task[None] | None,
+    reveal_detail: bool,
 ) -> None:
     """Run the agent, emitting its steps; every way out finishes the turn."""
     try:
@@ -344,7 +356,7 @@ async def _drive(
                     await turn.confirm(step)
                     continue
                 count += 1
-                if turn.step(step_event(step)):
+                if turn.step(step_event(step, reveal_detail)):
                     await pace()
                 elif type(step) is Thinking or count % STEPS_PER_YIELD == 0:
                     # Thinking precedes a model call, whose request takes a millisecond or
@@ -355,7 +367,7 @@ async def _drive(
     except asyncio.CancelledError:
         turn.finish(interrupted_event())  # a no-op when cancel() already ended the turn
     except AgentError as exc:
-        turn.finish(error_event(exc.code, str(exc)))
+        turn.finish(error_event(exc.code, _error_text(exc, reveal_detail)))
     except Exception as exc:
         log.exception("turn failed")
         turn.finish(
@@ -364,3 +376,16 @@ async def _drive(
                 f"The agent failed unexpectedly ({type(exc).__name__}); see the server log.",
             )
         )
+
+
+def _error_text(exc: AgentError, reveal_detail: bool) -> str:
+    """What agent.error says: the whole text with `reveal_detail`, else the public text
+    (no endpoint, path or upstream body), the whole one going to the log."""
+    full = str(exc)
+    if reveal_detail:
+        return full
+    public = exc.public
+    if public != full:
+        task = asyncio.current_task()
+        log.warning("%s failed (%s): %s", task.get_name() if task else "turn", exc.code, full)
+    return public

@@ -248,6 +248,7 @@ class Session:
             after=previous,
             questions=questions,
             name=f"turn {self.id}",
+            reveal_detail=settings.debug,  # error detail on the wire only with --debug
         )
 
     def _enqueue(self, text: str) -> int:

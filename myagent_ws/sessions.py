@@ -32,9 +32,13 @@ def new_session_id() -> str:
     return f"s_{secrets.token_urlsafe(16)}"
 
 
-def created_event(session: Session) -> dict[str, Any]:
+def created_event(session: Session, debug: bool = False) -> dict[str, Any]:
+    """agent.session_created, naming the agent and its model (the endpoint's URL, an
+    internal host, only with --debug)."""
     model = session.agent.model
     llm = model.describe() if hasattr(model, "describe") else {}
+    if not debug:
+        llm.pop("base_url", None)
     return make_event(
         "agent.session_created",
         content={"session_id": session.id, "agent": session.agent_name},
@@ -130,7 +134,7 @@ class SessionManager:
         session = Session(new_session_id(), spec.name, self.new_agent(spec.name), self, owner)
         self.sessions[session.id] = session
         self._attach(session, connection, 0)
-        session.emit(created_event(session))
+        session.emit(created_event(session, self.settings.debug))
         await self.store.save_session(SessionRecord(session.id, spec.name, time.time(), owner))
         return session
 

@@ -409,7 +409,10 @@ async def test_tool_that_raises_becomes_an_error_result_and_the_turn_goes_on() -
     steps = await collect(agent, "go")
     (finished,) = of(ToolFinished, steps)
     assert finished.status == "error"
+    # The model reads the exception's text; a client is shown only its type.
     assert finished.output == "The tool boom failed: RuntimeError: kaput"
+    assert finished.public == "The tool boom failed (RuntimeError); see the server log."
+    assert finished.shown == finished.public
     assert steps[-1].text == "saw: The tool boom failed: RuntimeError: kaput"
 
 

@@ -90,15 +90,18 @@ async def test_stream_without_finish_reason_is_llm_error_not_an_empty_answer(
 
 
 async def test_unreachable_endpoint_is_llm_error_naming_the_setting(serve, connect):
+    """The client is told what failed and where to look; with --debug, also the setting."""
     from tests.conftest import free_port
 
     model = model_for(Settings(llm_base_url=f"http://127.0.0.1:{free_port()}/v1"))
-    server = await serve(model=model)
-    client = await connect(server)
-    sid = await client.create_session()
-    events = await client.turn(sid, "hello")
-    assert events[-1]["metadata"]["code"] == "llm_error"
-    assert "OPENAI_BASE_URL" in events[-1]["content"] or "--llm-base-url" in events[-1]["content"]
+    for debug in (False, True):
+        client = await connect(await serve(model=model, debug=debug))
+        sid = await client.create_session()
+        events = await client.turn(sid, "hello")
+        assert events[-1]["metadata"]["code"] == "llm_error"
+        content = events[-1]["content"]
+        assert content.startswith("Could not reach the LLM endpoint.")
+        assert ("OPENAI_BASE_URL / --llm-base-url" in content) is debug
 
 
 def test_cli_uses_the_configured_endpoint(cli_server, fake_openai):

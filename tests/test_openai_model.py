@@ -152,24 +152,38 @@ async def test_agent_turn_over_the_wire(fake_openai: FakeOpenAI, model) -> None:
 
 
 @pytest.mark.parametrize(
-    ("status", "expected"),
+    ("status", "expected", "hint"),
     [
-        (401, "The LLM endpoint rejected the API key (401): Bad key. Check OPENAI_API_KEY."),
-        (429, "The LLM endpoint is rate limiting requests (429): Slow down."),
-        (500, "failed with a server error (500): It broke. Try again later"),
-        (404, "has no model 'fake-model' or no chat completions API (404)"),
+        (401, "The LLM endpoint rejected the API key (401).", "Check OPENAI_API_KEY."),
+        (429, "The LLM endpoint is rate limiting requests (429); try again in a moment.", "quota"),
+        (
+            500,
+            "The LLM endpoint failed with a server error (500); try again later.",
+            "Check the server behind OPENAI_BASE_URL / --llm-base-url.",
+        ),
+        (
+            404,
+            "The LLM endpoint has no model 'fake-model' or no chat completions API (404).",
+            "Check MYAGENT_MODEL / --model and OPENAI_BASE_URL / --llm-base-url.",
+        ),
     ],
 )
 async def test_http_errors_become_llm_errors_and_the_next_turn_works(
-    fake_openai: FakeOpenAI, model, status: int, expected: str
+    fake_openai: FakeOpenAI, model, status: int, expected: str, hint: str
 ) -> None:
-    message = {401: "Bad key", 429: "Slow down.", 500: "It broke", 404: "No such model"}[status]
-    fake_openai.script += [Status(status, message), "Recovered."]
+    """The message says what kind of failure it was (any client may see it); the
+    endpoint, what it said and the setting to check are the detail (the operator's)."""
+    said = {401: "Bad key", 429: "Slow down.", 500: "It broke", 404: "No such model"}[status]
+    fake_openai.script += [Status(status, said), "Recovered."]
     agent = create_react_agent("err", tools=[Weather()], model=model)
     with pytest.raises(LLMError) as caught:
         await agent.arun("first")
-    assert expected in str(caught.value) and caught.value.code == "llm_error"
-    assert_human(str(caught.value))
+    error = caught.value
+    assert error.message == expected and error.code == "llm_error"
+    assert error.detail.startswith(f"(LLM endpoint {fake_openai.base_url}: {said.rstrip('.')}.) ")
+    assert hint in error.detail and str(error) == f"{expected} {error.detail}"
+    assert error.public == f"{expected} The server log has the details."
+    assert_human(str(error))
     assert agent.messages == []
     assert await agent.arun("second") == "Recovered."
     assert [m["content"] for m in agent.messages] == ["second", "Recovered."]
@@ -192,8 +206,11 @@ async def test_connection_refused() -> None:
     finally:
         await model.aclose()
     assert str(caught.value) == (
-        f"Could not reach the LLM endpoint at {url}: connection refused. "
+        f"Could not reach the LLM endpoint. (LLM endpoint {url}: connection refused.) "
         "Check OPENAI_BASE_URL / --llm-base-url."
+    )
+    assert caught.value.public == (
+        "Could not reach the LLM endpoint. The server log has the details."
     )
     assert agent.messages == []
 
@@ -206,9 +223,8 @@ async def test_timeout_before_or_during_the_stream(fake_openai: FakeOpenAI, repl
     try:
         with pytest.raises(LLMError) as caught:
             await agent.arun("hi")
-        assert str(caught.value).startswith(
-            f"The LLM endpoint at {fake_openai.base_url} did not answer within 0.3 s."
-        )
+        assert caught.value.message == "The LLM endpoint did not answer within 0.3 s."
+        assert caught.value.detail.startswith(f"(LLM endpoint {fake_openai.base_url}.) ")
         assert_human(str(caught.value))
         assert agent.messages == []
         assert await agent.arun("again") == "After the timeout."
@@ -247,7 +263,8 @@ async def test_stream_ending_without_finish_reason_is_an_llm_error(
         await items(model, [{"role": "user", "content": "hi"}], [])
     assert caught.value.code == "llm_error"
     message = str(caught.value)
-    assert f"The LLM endpoint at {fake_openai.base_url} closed the stream" in message
+    assert caught.value.message.startswith("The LLM endpoint closed the stream")
+    assert fake_openai.base_url in caught.value.detail
     assert "finish_reason" in message and "--ctx-size" in message
     assert_human(message)
 
