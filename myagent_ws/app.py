@@ -159,9 +159,11 @@ async def endpoint(request: web.Request) -> web.StreamResponse:
         max_msg_size=settings.max_frame_bytes * settings.frame_ceiling_factor,
         protocols=(SUBPROTOCOL,),
     )
+    gate = app[GATE]
+    if (refused := gate.subprotocol_refusal(request)) is not None:
+        return refused
     if not ws.can_prepare(request).ok:
         return await console.index(request)
-    gate = app[GATE]
     admission = await gate.admit(request)
     if isinstance(admission, web.Response):
         return admission

@@ -58,7 +58,16 @@ def load_tokens(settings: Settings) -> dict[bytes, str]:
     """SHA-256 of each configured token -> its principal. A bare --auth-token is named
     by a fingerprint (token-1a2b3c4d); a file line `name:token` by its name (two lines
     with one name are one principal with two tokens, for rotation)."""
-    tokens = {_digest(t): f"token-{_digest(t).hex()[:8]}" for t in settings.auth_tokens}
+    tokens: dict[bytes, str] = {}
+
+    def add(token: str, name: str, where: str) -> None:
+        digest = _digest(token)
+        if tokens.get(digest, name) != name:
+            raise StartupError(f"{where}: a token given for {tokens[digest]!r} is given again.")
+        tokens[digest] = name
+
+    for token in settings.auth_tokens:
+        add(token, f"token-{_digest(token).hex()[:8]}", "--auth-token")
     if settings.auth_tokens_file:
         path = Path(settings.auth_tokens_file)
         try:
@@ -75,19 +84,20 @@ def load_tokens(settings: Settings) -> dict[bytes, str]:
                 raise StartupError(
                     f"{path}, line {number}: expected name:token (the name is the principal)."
                 )
-            tokens[_digest(token)] = name
+            add(token, name, f"{path}, line {number}")
     return tokens
 
 
 def describe(settings: Settings, hook: Any) -> str:
     """For the banner: whether auth is on, and by what."""
     principals = len(set(load_tokens(settings).values()))
-    plugin = hook is not None and bool(hook.authenticate.get_hookimpls())
-    if not principals and not plugin:
+    sources = []
+    if principals:
+        sources.append(f"{principals} principal{'s' if principals != 1 else ''} by token")
+    if hook is not None and hook.authenticate.get_hookimpls():
+        sources.append("authenticate plugin")
+    if not sources:
         return "off: anyone who reaches the port may connect (--auth-token to require one)"
-    sources = [f"{principals} principal{'s' if principals != 1 else ''} by token"] * bool(
-        principals
-    ) + ["authenticate plugin"] * plugin
     return "on: " + ", ".join(sources)
 
 
@@ -124,23 +134,34 @@ class Auth:
             principal = self.tokens.get(_digest(token))
             if principal is not None:
                 return principal
-        if self.hook is not None:
-            principal = self.hook.authenticate(request=request)
+        if self.hook is not None and (principal := await self._ask_plugins(request)):
+            return principal
+        raise AuthFailed(BAD_TOKEN if presented else NO_CREDENTIAL)
+
+    async def _ask_plugins(self, request: web.Request) -> str | None:
+        """The first principal an authenticate implementation names, in pluggy's call
+        order. Called one by one rather than through pluggy's firstresult, which would
+        stop at an async implementation's coroutine even when it comes to None."""
+        for impl in reversed(self.hook.authenticate.get_hookimpls()):
+            principal = impl.function(**({"request": request} if impl.argnames else {}))
             if inspect.isawaitable(principal):
                 principal = await principal
-            if principal is not None:
-                if not isinstance(principal, str) or not principal:
-                    raise TypeError(
-                        f"an authenticate hook returned {type(principal).__name__}; "
-                        "it must return a non-empty string (the principal) or None"
-                    )
-                return principal
-        raise AuthFailed(BAD_TOKEN if presented else NO_CREDENTIAL)
+            if principal is None:
+                continue
+            if not isinstance(principal, str) or not principal:
+                raise TypeError(
+                    f"the authenticate hook of {impl.plugin_name} returned "
+                    f"{type(principal).__name__}; it must return a non-empty string (the "
+                    "principal) or None"
+                )
+            return principal
+        return None
 
     async def issue_ticket(self, principal: str | None) -> dict[str, Any]:
         """A new single-use ticket for `principal`: the body of POST /auth/ticket."""
         ticket = secrets.token_urlsafe(32)
-        await self.store.issue_ticket(ticket, principal or "", self.ticket_ttl_s)
+        if self.enabled:  # with auth off tickets are ignored: nothing to keep
+            await self.store.issue_ticket(ticket, principal or "", self.ticket_ttl_s)
         ttl = self.ticket_ttl_s
         return {"ticket": ticket, "expires_in": int(ttl) if ttl == int(ttl) else ttl}
 
@@ -150,28 +171,23 @@ def _bearer(request: web.Request) -> str | None:
     return token.strip() if scheme.lower() == "bearer" else None
 
 
+def _protocols(request: web.Request) -> list[str]:
+    header = request.headers.get("Sec-WebSocket-Protocol", "")
+    return [offer.strip() for offer in header.split(",") if offer.strip()]
+
+
 def _offered(request: web.Request) -> str | None:
-    """The token of a `bearer.<token>` subprotocol offer, if any."""
-    for offer in request.headers.get("Sec-WebSocket-Protocol", "").split(","):
-        offer = offer.strip()
-        if offer.startswith(BEARER_PROTOCOL):
-            return offer[len(BEARER_PROTOCOL) :]
+    """The token of a `bearer.<token>` offer made beside `myagent-ws`, if any."""
+    offers = _protocols(request)
+    if SUBPROTOCOL in offers:
+        for offer in offers:
+            if offer.startswith(BEARER_PROTOCOL):
+                return offer[len(BEARER_PROTOCOL) :]
     return None
 
 
-def redact(text: str) -> str:
-    """`text` (a URL or request line) with the values of ticket= and token= hidden."""
-    for name in SECRET_PARAMS:
-        start = 0
-        marker = f"{name}="
-        while (at := text.find(marker, start)) != -1:
-            start = at + len(marker)
-            if at > 0 and text[at - 1] not in "?&":
-                continue
-            end = len(text)
-            for stop in "& ":
-                found = text.find(stop, start)
-                if found != -1:
-                    end = min(end, found)
-            text = text[:start] + "***" + text[end:]
-    return text
+def stray_bearer(request: web.Request) -> bool:
+    """Whether a `bearer.<token>` offer comes without `myagent-ws` (aiohttp would log
+    the offer, token and all, as protocols it does not speak)."""
+    offers = _protocols(request)
+    return SUBPROTOCOL not in offers and any(o.startswith(BEARER_PROTOCOL) for o in offers)

@@ -196,7 +196,7 @@ def server(
 
     from .app import create_app, model_for
     from .auth import describe as describe_auth
-    from .gate import AccessLogger, describe_origins
+    from .gate import AccessLogger, describe_origins, is_loopback
 
     debug, host, port = settings.debug, settings.host, settings.port
     logging.basicConfig(
@@ -233,6 +233,11 @@ def server(
         _fail(exc, debug)
     click.echo(f"{'🔒' if auth.startswith('on') else '🔓'} auth: {auth}")
     click.echo(f"   browser origins: {describe_origins(settings)}")
+    if not auth.startswith("on") and not is_loopback(host):
+        click.echo(
+            f"⚠️  auth is off on {host}: anyone on the network, and any web page a visitor "
+            "opens (DNS rebinding), can use every agent; set --auth-token."
+        )
     shown = "localhost" if host in ("0.0.0.0", "::", "localhost") else host
     click.echo(f"🚀 MyAgent WebSocket server running at ws://{shown}:{port}")
     operator = f"http://{shown}:{settings.health_port or port}"

@@ -12,7 +12,7 @@ import asyncio
 import itertools
 import math
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from aiohttp import WSMsgType, web
 from aiolimiter import AsyncLimiter
@@ -27,7 +27,6 @@ from .protocol import (
     make_event,
     requested_agent,
 )
-from .session import Session
 from .sessions import SessionManager
 from .settings import Settings
 from .store import StoreUnavailable, store_down
@@ -152,7 +151,7 @@ class Connection(Outbound):
     async def _on_create_session(self, message: dict[str, Any]) -> None:
         await self.sessions.create(requested_agent(message), self)
 
-    async def _refused(self, session_id: str) -> Session:
+    async def _refused(self, session_id: str) -> NoReturn:
         """Raise why this connection may not use the session (forbidden, not found)."""
         raise await self.sessions.refusal(session_id, self)
 
@@ -199,8 +198,10 @@ class Connection(Outbound):
             return
         session = self.sessions.sessions.get(session_id)
         if session is None or self not in session.connections:
-            # Not this connection's: counted like any other frame, and refused if the
-            # session is another principal's (else ignored, as acks of ended sessions are).
+            # Not this connection's: ignored, as acks of ended sessions are, unless it is
+            # another principal's (with auth on: counted like any frame, then refused).
+            if self.principal is None:
+                return
             await self._admit()
             refusal = await self.sessions.refusal(session_id, self)
             if refusal.code == "forbidden":

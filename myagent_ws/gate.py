@@ -1,34 +1,40 @@
 """Admission before the WebSocket upgrade, and POST /auth/ticket.
 
 In order: the Origin allow-list (403, against cross-site WebSocket hijacking), the
-failed-authentication rate per client IP (429), the credential (401), the open
-connections per client IP (429). Every refusal is an HTTP status with a JSON body of one
-sentence, sent before any WebSocket exists. The client IP is the peer's address, or the
-client an X-Forwarded-For header names when the peer is a trusted proxy.
+failed-authentication rate per client (429), the credential (401), the open connections
+per client (429). Every refusal is an HTTP status with a JSON body of one sentence, sent
+before any WebSocket exists. The client is the peer's address, or the one a trusted
+proxy's X-Forwarded-For names; an IPv6 client counts as its /64, which one host holds.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import math
 import time
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from .auth import Auth, AuthFailed, redact
+from .auth import SECRET_PARAMS, Auth, AuthFailed, stray_bearer
 from .settings import Settings
 from .store import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
-# Client IPs whose failures are remembered at most; past it, those that have cooled down
-# are forgotten first.
-MAX_TRACKED_IPS = 100_000
+# Clients whose failed authentications are remembered at most; past it, those that have
+# cooled down are forgotten first, then the longest quiet.
+MAX_TRACKED_CLIENTS = 100_000
+# Longest piece of a client's Origin quoted back in a refusal.
+MAX_ECHO = 60
+STORE_DOWN = "The session store is unreachable, so tickets cannot be checked; try again soon."
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 @dataclass(slots=True)
@@ -47,7 +53,30 @@ def refusal(status: int, code: str, message: str, **headers: str) -> web.Respons
 
 
 def _normal_origin(origin: str) -> str:
+    """scheme://host[:port] as a browser sends it, for comparing."""
     return origin.strip().rstrip("/").lower()
+
+
+def _address(text: str | None) -> Address | None:
+    """An IP address (an IPv4-mapped IPv6 one as IPv4), or None if `text` is none."""
+    try:
+        ip = ipaddress.ip_address((text or "").strip().strip("[]"))
+    except ValueError:
+        return None
+    return (ip.ipv4_mapped or ip) if isinstance(ip, ipaddress.IPv6Address) else ip
+
+
+def _client_key(ip: Address) -> str:
+    """What the per-client limits count: the address, or an IPv6 address's /64."""
+    if isinstance(ip, ipaddress.IPv4Address):
+        return str(ip)
+    return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (a name the server listens on) is this machine only."""
+    ip = _address(host)
+    return host in LOOPBACK_NAMES or (ip is not None and ip.is_loopback)
 
 
 def describe_origins(settings: Settings) -> str:
@@ -76,33 +105,32 @@ class Gate:
         self.proxies = [ipaddress.ip_network(p, strict=False) for p in proxies if p != "*"]
         # A server listening on loopback only is reached by name only as localhost: a
         # page whose own host name resolves to 127.0.0.1 (DNS rebinding) is not its origin.
-        self.loopback_only = settings.host in LOOPBACK_NAMES or _is_loopback(settings.host)
+        self.loopback_only = is_loopback(settings.host)
         self.fail_rate = settings.max_auth_failures_per_ip / 60.0  # forgiven per second
-        self.failures: dict[str, tuple[float, float]] = {}  # ip -> (level, at)
-        self.open: dict[str, int] = {}  # ip -> open WebSocket connections
+        self.failures: dict[str, tuple[float, float]] = {}  # client -> (level, at), oldest first
+        self.open: dict[str, int] = {}  # client -> open WebSocket connections
 
     # -- who and from where ----------------------------------------------------------------
 
     def client_ip(self, request: web.Request) -> str:
-        """The peer, or the client a trusted proxy's X-Forwarded-For names."""
-        peer = request.remote or ""
+        """The client the per-client limits count: the peer, or the nearest address a
+        trusted proxy's X-Forwarded-For names (an IPv6 one as its /64)."""
+        client = _address(request.remote)
+        if client is None:  # not an IP socket
+            return request.remote or ""
         forwarded = request.headers.get("X-Forwarded-For")
-        if not forwarded or not self._trusted(peer):
-            return peer
-        hops = [hop.strip() for hop in forwarded.split(",") if hop.strip()]
-        for hop in reversed(hops):  # the nearest hop a trusted proxy did not add
-            if not self._trusted(hop):
-                return hop
-        return hops[0] if hops else peer
+        if forwarded and self._trusted(client):
+            for hop in reversed(forwarded.split(",")):  # each proxy appended one
+                address = _address(hop)
+                if address is None:  # not an address: trust the header no further
+                    break
+                client = address
+                if not self._trusted(address):
+                    break
+        return _client_key(client)
 
-    def _trusted(self, address: str) -> bool:
-        if self.trust_any_proxy:
-            return True
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return False
-        return any(ip in network for network in self.proxies)
+    def _trusted(self, ip: Address) -> bool:
+        return self.trust_any_proxy or any(ip in network for network in self.proxies)
 
     def origin_allowed(self, request: web.Request) -> bool:
         """No Origin (not a browser), the server's own, or one on the allow-list."""
@@ -123,43 +151,62 @@ class Gate:
 
     # -- failed authentications --------------------------------------------------------------
 
-    def _level(self, ip: str, now: float) -> float:
-        level, at = self.failures.get(ip, (0.0, now))
+    def _level(self, client: str, now: float) -> float:
+        level, at = self.failures.get(client, (0.0, now))
         return max(0.0, level - (now - at) * self.fail_rate)
 
-    def _retry_after(self, ip: str) -> int:
-        """Seconds until `ip` may try to authenticate again (0: now)."""
-        if ip not in self.failures:
+    def _retry_after(self, client: str) -> int:
+        """Seconds until `client` may try to authenticate again (0: now)."""
+        if client not in self.failures:
             return 0
-        over = self._level(ip, time.monotonic()) - (self.settings.max_auth_failures_per_ip - 1)
+        limit = self.settings.max_auth_failures_per_ip
+        over = self._level(client, time.monotonic()) - (limit - 1)
         return 0 if over <= 0 else max(1, math.ceil(over / self.fail_rate))
 
-    def _failed(self, ip: str) -> None:
+    def _failed(self, client: str) -> None:
         now = time.monotonic()
-        if len(self.failures) >= MAX_TRACKED_IPS:
-            self.failures = {k: v for k, v in self.failures.items() if self._level(k, now) > 0}
-            if len(self.failures) >= MAX_TRACKED_IPS:
-                self.failures.clear()
-        level = self._level(ip, now) + 1
-        self.failures[ip] = (level, now)
+        failures = self.failures
+        if client not in failures and len(failures) >= MAX_TRACKED_CLIENTS:
+            self.failures = failures = {
+                k: v for k, v in failures.items() if self._level(k, now) > 0
+            }
+            while len(failures) >= MAX_TRACKED_CLIENTS:
+                del failures[next(iter(failures))]  # the longest quiet
+        level = self._level(client, now) + 1
+        failures.pop(client, None)
+        failures[client] = (level, now)
         if level >= self.settings.max_auth_failures_per_ip:
-            log.warning("authentication failures from %s reached the limit; refusing it", ip)
+            log.warning("authentication failures from %s reached the limit; refusing it", client)
 
     # -- admission -----------------------------------------------------------------------------
+
+    def subprotocol_refusal(self, request: web.Request) -> web.Response | None:
+        """A bearer.<token> offer without myagent-ws, refused before the handshake (whose
+        log line would name the offered protocols, token and all)."""
+        if not stray_bearer(request):
+            return None
+        return refusal(
+            400,
+            "bad_subprotocol",
+            "Offer the token with the protocol it belongs to: "
+            "Sec-WebSocket-Protocol: myagent-ws, bearer.<token>.",
+        )
 
     async def identify(
         self, request: web.Request, *, tickets: bool = True
     ) -> tuple[str | None, str] | web.Response:
-        """(principal, client IP), or the response that refuses the request."""
-        ip = self.client_ip(request)
+        """(principal, client), or the response that refuses the request."""
+        client = self.client_ip(request)
         if not self.origin_allowed(request):
+            origin = request.headers["Origin"]
+            shown = origin if len(origin) <= MAX_ECHO else origin[: MAX_ECHO - 1] + "…"
             return refusal(
                 403,
                 "forbidden_origin",
-                f"Connections from the origin {request.headers['Origin'][:100]!r} are not "
-                "allowed; the server's operator can add it with --allowed-origin.",
+                f"Connections from the origin {shown!r} are not allowed; the server's "
+                "operator can add it with --allowed-origin.",
             )
-        if self.auth.enabled and (wait := self._retry_after(ip)):
+        if self.auth.enabled and (wait := self._retry_after(client)):
             return refusal(
                 429,
                 "too_many_failures",
@@ -167,27 +214,32 @@ class Gate:
                 **{"Retry-After": str(wait)},
             )
         try:
-            return await self.auth.identify(request, tickets=tickets), ip
+            async with asyncio.timeout(self.settings.handshake_timeout_s):
+                return await self.auth.identify(request, tickets=tickets), client
         except AuthFailed as exc:
-            self._failed(ip)
+            self._failed(client)
             return refusal(401, "unauthorized", str(exc), **{"WWW-Authenticate": "Bearer"})
         except StoreUnavailable as exc:
             log.error("authentication: the session store failed: %s", exc)
             return refusal(503, "store_unavailable", STORE_DOWN)
+        except TimeoutError:
+            log.error("an authenticate hook took over %g s", self.settings.handshake_timeout_s)
+            return refusal(503, "auth_timeout", "Authentication took too long; try again.")
         except Exception:
+            self._failed(client)  # counted, so a request that breaks a hook cannot flood
             log.exception("an authenticate hook failed")
             return refusal(
                 500, "internal_error", "Authentication failed on the server; see its log."
             )
 
     async def admit(self, request: web.Request) -> Admission | web.Response:
-        """Let a WebSocket upgrade through, counting it against its IP, or refuse it."""
+        """Let a WebSocket upgrade through, counting it against its client, or refuse it."""
         found = await self.identify(request)
         if isinstance(found, web.Response):
             return found
-        principal, ip = found
+        principal, client = found
         limit = self.settings.max_connections_per_ip
-        held = self.open.get(ip, 0)
+        held = self.open.get(client, 0)
         if limit and held >= limit:
             return refusal(
                 429,
@@ -196,8 +248,8 @@ class Gate:
                 "limit; close one first.",
                 **{"Retry-After": "1"},
             )
-        self.open[ip] = held + 1
-        return Admission(principal, ip)
+        self.open[client] = held + 1
+        return Admission(principal, client)
 
     def release(self, admission: Admission) -> None:
         """A connection admitted by `admit` has closed."""
@@ -210,16 +262,19 @@ class Gate:
     # -- POST /auth/ticket -------------------------------------------------------------------
 
     def cors(self, request: web.Request) -> dict[str, str]:
-        """CORS headers for an allowed cross-origin caller (none for others)."""
+        """CORS headers for an allowed cross-origin caller (none for others). With any
+        origin allowed, cookies never go along: any site could act as the signed-in user."""
         origin = request.headers.get("Origin")
         if origin is None:
             return {}
-        return {
+        headers = {
             "Access-Control-Allow-Origin": origin,
-            "Access-Control-Allow-Credentials": "true",
             "Access-Control-Expose-Headers": "Retry-After",
             "Vary": "Origin",
         }
+        if not self.any_origin:
+            headers["Access-Control-Allow-Credentials"] = "true"
+        return headers
 
     async def ticket(self, request: web.Request) -> web.Response:
         """POST /auth/ticket: a single-use ticket for a WebSocket URL (?ticket=)."""
@@ -232,7 +287,7 @@ class Gate:
             body = await self.auth.issue_ticket(found[0])
         except StoreUnavailable as exc:
             log.error("issuing a ticket: the session store failed: %s", exc)
-            return refusal(503, "store_unavailable", STORE_DOWN)
+            return refusal(503, "store_unavailable", STORE_DOWN, **self.cors(request))
         return web.json_response(body, headers={**self.cors(request), "Cache-Control": "no-store"})
 
     async def ticket_preflight(self, request: web.Request) -> web.Response:
@@ -250,25 +305,14 @@ class Gate:
         )
 
 
-STORE_DOWN = "The session store is unreachable, so tickets cannot be checked; try again soon."
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 class AccessLogger(AbstractAccessLogger):
-    """aiohttp's access log (on with --debug) with ticket= and token= values hidden."""
+    """aiohttp's access log (on with --debug), with the values of ticket= and token=
+    hidden: the query is rebuilt from its parsed form, so an encoded name (tok%65n) is
+    caught like a plain one."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        query = [(k, "***" if k in SECRET_PARAMS else v) for k, v in request.query.items()]
+        path = request.path + ("?" + urlencode(query, safe="*") if query else "")
         self.logger.info(
-            '%s "%s %s" %s %.3fs',
-            request.remote,
-            request.method,
-            redact(request.path_qs),
-            response.status,
-            time,
+            '%s "%s %s" %s %.3fs', request.remote, request.method, path, response.status, time
         )

@@ -32,13 +32,17 @@ def new_session_id() -> str:
     return f"s_{secrets.token_urlsafe(16)}"
 
 
+# What agent.session_created says of a model without --debug (describe() may name more:
+# the endpoint's URL is an internal host).
+PUBLIC_LLM_FIELDS = ("provider", "model", "offline")
+
+
 def created_event(session: Session, debug: bool = False) -> dict[str, Any]:
-    """agent.session_created, naming the agent and its model (the endpoint's URL, an
-    internal host, only with --debug)."""
+    """agent.session_created, naming the agent and its model."""
     model = session.agent.model
     llm = model.describe() if hasattr(model, "describe") else {}
     if not debug:
-        llm.pop("base_url", None)
+        llm = {key: llm[key] for key in PUBLIC_LLM_FIELDS if key in llm}
     return make_event(
         "agent.session_created",
         content={"session_id": session.id, "agent": session.agent_name},
@@ -69,6 +73,7 @@ def not_found(session_id: str) -> ProtocolError:
 
 
 def forbidden(session_id: str) -> ProtocolError:
+    """Another principal's session: said as such (the connection stays)."""
     return ProtocolError(
         "forbidden",
         "That session belongs to another principal; use a session your credential "

@@ -88,12 +88,11 @@ class MemoryStore(Store):
         self._tickets: dict[str, tuple[str, float]] = {}
 
     async def issue_ticket(self, ticket: str, principal: str, ttl_s: float) -> None:
+        """Every ticket lives as long, so the oldest is first to expire: expired ones are
+        dropped from the front, and past MAX_TICKETS the oldest unused one goes."""
         tickets, now = self._tickets, time.monotonic()
-        if len(tickets) >= MAX_TICKETS:  # drop the expired, then the oldest
-            for key in [k for k, (_, expires) in tickets.items() if expires <= now]:
-                del tickets[key]
-            while len(tickets) >= MAX_TICKETS:
-                del tickets[next(iter(tickets))]
+        while tickets and (len(tickets) >= MAX_TICKETS or next(iter(tickets.values()))[1] <= now):
+            del tickets[next(iter(tickets))]
         tickets[ticket] = (principal, now + ttl_s)
 
     async def redeem_ticket(self, ticket: str) -> str | None:

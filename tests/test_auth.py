@@ -16,7 +16,6 @@ import pytest
 import websockets
 from websockets.asyncio.client import connect as websockets_connect
 
-from myagent_ws.auth import redact
 from myagent_ws.sessions import new_session_id
 from tests.conftest import ROOT
 
@@ -198,6 +197,10 @@ async def test_allowed_origin_list_replaces_the_local_default(serve):
     assert (await upgrade(server, Origin=f"http://127.0.0.1:{server.port}"))[0] == 101
     anyone = await serve(allowed_origins=("*",))
     assert (await upgrade(anyone, Origin="https://evil.example"))[0] == 101
+    # any origin may fetch a ticket, but never with the user's cookies
+    status, _, headers = await ticket(anyone, None, Origin="https://evil.example")
+    assert status == 200 and headers["Access-Control-Allow-Origin"] == "https://evil.example"
+    assert "Access-Control-Allow-Credentials" not in headers
 
 
 # --- per-IP limits ----------------------------------------------------------------------------
@@ -229,6 +232,25 @@ async def test_forwarded_for_counts_only_from_trusted_proxies(serve, tokens_file
         server, Authorization=f"Bearer {TOKENS['bob']}", **{"X-Forwarded-For": "198.51.100.9"}
     )
     assert status == 429
+
+
+async def test_a_client_is_its_address_or_its_ipv6_64_and_never_a_header_made_up(
+    serve, tokens_file
+):
+    server = await serve(auth_tokens_file=tokens_file, max_auth_failures_per_ip=2)
+
+    async def fail(forwarded: str) -> int:
+        return (await upgrade(server, Authorization="Bearer guess",
+                              **{"X-Forwarded-For": forwarded}))[0]  # fmt: skip
+
+    assert await fail("2001:db8:1:2::1") == 401
+    assert await fail("2001:db8:1:2::ffff") == 401  # the same /64: one client
+    assert await fail("2001:db8:1:2:abcd::9") == 429
+    assert await fail("2001:db8:1:3::1") == 401  # the next /64 is another
+    # Not an address: the header is trusted no further, and the peer (127.0.0.1) counts.
+    assert await fail("not-an-ip") == 401
+    assert await fail("also, not-an-ip") == 401
+    assert await fail("x" * 5000) == 429
 
 
 async def test_connections_per_ip_are_limited_and_freed_on_close(serve):
@@ -283,11 +305,15 @@ def test_half_open_handshakes_time_out_but_open_websockets_stay(cli_server):
 # --- what the logs show -----------------------------------------------------------------------
 
 
-def test_redact_hides_ticket_and_token_values():
-    assert redact("GET /?ticket=abc&x=1&token=s3cret HTTP/1.1") == (
-        "GET /?ticket=***&x=1&token=*** HTTP/1.1"
-    )
-    assert redact("/path?mytoken=keep") == "/path?mytoken=keep"
+async def test_a_bearer_offer_without_myagent_ws_is_refused_before_aiohttp_logs_it(
+    serve, tokens_file, caplog
+):
+    server = await serve(auth_tokens_file=tokens_file)
+    offer = {"Sec-WebSocket-Protocol": f"bearer.{TOKENS['alice']}"}
+    status, body, _ = await upgrade(server, **offer)
+    assert status == 400 and body["error"] == "bad_subprotocol"
+    assert "myagent-ws, bearer.<token>" in body["message"]
+    assert TOKENS["alice"] not in caplog.text
 
 
 def test_debug_logs_never_show_tokens_or_tickets(cli_server, tokens_file):
@@ -303,10 +329,13 @@ def test_debug_logs_never_show_tokens_or_tickets(cli_server, tokens_file):
             await run_turn(ws)
         async with websockets_connect(f"{server.url}/?token={TOKENS['bob']}") as ws:
             await ws.recv()
+        async with websockets_connect(f"{server.url}/?tok%65n={TOKENS['bob']}") as ws:
+            await ws.recv()  # an encoded name is still the token parameter, and still hidden
         return issued
 
     issued = asyncio.run(use_every_credential())
     output = server.stop()
-    assert "ticket=***" in output and "c_1: from 127.0.0.1 as alice" in output
+    assert "ticket=***" in output and "token=***" in output
+    assert "c_1: from 127.0.0.1 as alice" in output
     for secret in (issued, *TOKENS.values()):
         assert secret not in output

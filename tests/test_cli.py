@@ -329,3 +329,13 @@ def test_without_uvloop_the_server_uses_asyncios_loop() -> None:
         "print(fast_event_loop())\n"
     )
     assert python_output(script).strip() == "None"
+
+
+def test_one_token_for_two_principals_exits_2(tmp_path):
+    tokens = tmp_path / "tokens"
+    tokens.write_text("alice:shared-token\n", encoding="utf-8")
+    result = run_cli("server", WEATHER, "--auth-tokens-file", str(tokens), "--auth-token",
+                     "shared-token")  # fmt: skip
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "line 1: a token given for" in result.stderr and "is given again" in result.stderr
+    assert "shared-token" not in result.stderr

@@ -335,7 +335,7 @@ def test_nginx_conf_upgrades_websockets_round_robin_with_long_timeouts():
         "proxy_http_version 1.1;",
         "proxy_set_header Upgrade $http_upgrade;",
         "proxy_set_header Connection $connection_upgrade;",
-        "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;",
+        "proxy_set_header X-Forwarded-For $remote_addr;",  # the edge: set, never appended
         "proxy_set_header X-Forwarded-Proto $scheme;",
         "proxy_buffering off;",
         "proxy_pass http://myagent_ws;",

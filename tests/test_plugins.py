@@ -345,6 +345,15 @@ class AsyncAuth:
         return request.headers.get("X-User") or None
 
 
+class AsyncPass:
+    """Asked first (registered last), passes on every request: the next one must be asked."""
+
+    @hookimpl
+    async def authenticate(self, request):
+        await asyncio.sleep(0)
+        return None
+
+
 class BrokenAuth:
     @hookimpl
     def authenticate(self, request):
@@ -359,6 +368,7 @@ async def test_hook_authenticate_async_and_broken_hooks(aiohttp_server, caplog):
 
     pm = make_plugin_manager()
     pm.register(AsyncAuth())
+    pm.register(AsyncPass())
     registry = build_registry(pm, AgentSources(files=(WEATHER,)))
     server = await aiohttp_server(create_app(Settings(), registry, pm=pm))
     assert await _upgrade_status(server, **{"X-User": "carol"}) == 101
