@@ -207,7 +207,10 @@ class SharedSession(Session):
     def _drop(self, fence: Any) -> bool:
         """Forget what waits under `fence`, and stop its turn here (without a terminal
         event of its own); True if a turn was stopped."""
-        self._outbox = deque(e for e in self._outbox if e[3] != fence)
+        # In place: a flush under way holds this deque, and must not go on with a copy.
+        kept = [entry for entry in self._outbox if entry[3] != fence]
+        self._outbox.clear()
+        self._outbox.extend(kept)
         if fence is None or self.turn is None or self.token != fence[1]:
             return False
         self.mem_v = -1  # it may have finished here: take the stored memory next time
