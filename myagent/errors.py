@@ -19,7 +19,6 @@ class AgentError(Exception):
     """A turn failed for a reason worth telling the user; `code` says which kind."""
 
     code: str = "agent_error"
-    detail: str = ""  # also for subclasses that set `message` without calling __init__
 
     def __init__(self, code: str, message: str, detail: str = "") -> None:
         super().__init__(message)
@@ -28,14 +27,12 @@ class AgentError(Exception):
         self.detail = detail
 
     def __str__(self) -> str:
-        message = getattr(self, "message", None) or super().__str__()
-        return f"{message} {self.detail}" if self.detail else message
+        return f"{self.message} {self.detail}" if self.detail else self.message
 
     @property
     def public(self) -> str:
         """The text a client may see: the message, and where the operator finds the rest."""
-        message = getattr(self, "message", None) or super().__str__()
-        return f"{message} {LOG_POINTER}" if self.detail else message
+        return f"{self.message} {LOG_POINTER}" if self.detail else self.message
 
 
 class LLMError(AgentError):

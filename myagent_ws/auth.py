@@ -88,7 +88,7 @@ def load_tokens(settings: Settings) -> dict[bytes, str]:
     return tokens
 
 
-def describe(settings: Settings, hook: Any) -> str:
+def describe(settings: Settings, hook: Any) -> tuple[bool, str]:
     """For the banner: whether auth is on, and by what."""
     principals = len(set(load_tokens(settings).values()))
     sources = []
@@ -97,8 +97,8 @@ def describe(settings: Settings, hook: Any) -> str:
     if hook is not None and hook.authenticate.get_hookimpls():
         sources.append("authenticate plugin")
     if not sources:
-        return "off: anyone who reaches the port may connect (--auth-token to require one)"
-    return "on: " + ", ".join(sources)
+        return False, "off: anyone who reaches the port may connect (--auth-token to require one)"
+    return True, "on: " + ", ".join(sources)
 
 
 class Auth:

@@ -228,12 +228,12 @@ def server(
             f"🗄  sessions: Redis at {redacted(settings.store)}, keys {settings.store_prefix}*"
         )
     try:
-        auth = describe_auth(settings, pm and pm.hook)
+        auth_on, auth = describe_auth(settings, pm and pm.hook)
     except StartupError as exc:
         _fail(exc, debug)
-    click.echo(f"{'🔒' if auth.startswith('on') else '🔓'} auth: {auth}")
+    click.echo(f"{'🔒' if auth_on else '🔓'} auth: {auth}")
     click.echo(f"   browser origins: {describe_origins(settings)}")
-    if not auth.startswith("on") and not is_loopback(host):
+    if not auth_on and not is_loopback(host):
         click.echo(
             f"⚠️  auth is off on {host}: anyone on the network, and any web page a visitor "
             "opens (DNS rebinding), can use every agent; set --auth-token."

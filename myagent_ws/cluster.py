@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from .protocol import encode, make_event
+from .protocol import ProtocolError, make_event
 from .redis_store import RedisStore
 from .session import Reader, Session
 from .sessions import (
@@ -91,8 +91,7 @@ class SharedSessions(SessionManager):
             start = found.frames[0][0] if found.frames else found.seq + 1
             session.buffer.restart(start)
             session.seq = start - 1
-            session.tailing = True
-            self.node.follow()
+            self._follow(session)
         for seq, frame in found.frames:  # those here already are skipped
             session.take(seq, frame, from_log=True)
         question = found.question
@@ -119,20 +118,12 @@ class SharedSessions(SessionManager):
         session.load_memory(*await self.store.memory(session_id, session.mem_v))
         session._run(text, token)
 
-    async def owner(self, session_id: str) -> str | None:
-        session = self.sessions.get(session_id)
-        if session is not None:
-            return session.owner
-        record = await self.store.load_session(session_id)
-        return record.owner if record is not None else None
-
     def detach(self, connection: Reader) -> None:
-        for session in self.attached.get(connection, ()):
+        for session in self.attached.pop(connection, ()):
             session.connections.discard(connection)
             if not session.connections:
                 session.tailing = False
                 self.release_if_idle(session)
-        self.attached.pop(connection, None)
 
     def release_if_idle(self, session: SharedSession) -> None:
         """Forget a session this process neither serves a connection of nor runs a turn
@@ -149,14 +140,14 @@ class SharedSessions(SessionManager):
         if session.closed:
             return
         log.warning("session %s: gone from the store", session.id)
-        error = not_found(session.id).to_event()
-        error["content"] = (
-            f"Session {session.id!r} is no longer in the session store (it expired, or Redis "
-            "lost its data); its turn was stopped. Create a new session."
+        session.tell(
+            ProtocolError(
+                "session_not_found",
+                f"Session {session.id!r} is no longer in the session store (it expired, or "
+                "Redis lost its data); its turn was stopped. Create a new session.",
+                session_id=session.id,
+            )
         )
-        frame = encode(error)
-        for connection in session.connections:
-            connection.send(frame)
         self.ended_elsewhere(session)
 
     def ended_elsewhere(self, session: SharedSession) -> None:

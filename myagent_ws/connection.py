@@ -12,7 +12,7 @@ import asyncio
 import itertools
 import math
 from collections.abc import Awaitable, Callable
-from typing import Any, NoReturn
+from typing import Any
 
 from aiohttp import WSMsgType, web
 from aiolimiter import AsyncLimiter
@@ -27,7 +27,7 @@ from .protocol import (
     make_event,
     requested_agent,
 )
-from .sessions import SessionManager
+from .sessions import SessionManager, forbidden
 from .settings import Settings
 from .store import StoreUnavailable, store_down
 
@@ -109,6 +109,8 @@ class Connection(Outbound):
                 await self._admit()
             await _HANDLERS[message["event"]](self, message)
         except ProtocolError as exc:
+            if exc.code == "session_not_found" and await self._others(exc.session_id):
+                exc = forbidden(exc.session_id)
             self._reply_error(exc)
         except StoreUnavailable as exc:
             log.error("connection %s: the session store failed: %s", self.id, exc)
@@ -142,6 +144,16 @@ class Connection(Outbound):
             )
         await self._limiter.acquire()  # has room, so it does not wait
 
+    async def _others(self, session_id: str | None) -> bool:
+        """Whether a session this connection may not use is another principal's (if the
+        store cannot say, the answer stays session_not_found)."""
+        if session_id is None:
+            return False
+        try:
+            return await self.sessions.belongs_to_another(session_id, self)
+        except StoreUnavailable:
+            return False
+
     def _reply_error(self, exc: ProtocolError) -> None:
         self.sessions.metrics.inbound_error(exc.code)
         self.send_event(exc.to_event())
@@ -151,13 +163,8 @@ class Connection(Outbound):
     async def _on_create_session(self, message: dict[str, Any]) -> None:
         await self.sessions.create(requested_agent(message), self)
 
-    async def _refused(self, session_id: str) -> NoReturn:
-        """Raise why this connection may not use the session (forbidden, not found)."""
-        raise await self.sessions.refusal(session_id, self)
-
     async def _on_message(self, message: dict[str, Any]) -> None:
-        sid = message["session_id"]
-        session = self.sessions.lookup(sid, self) or await self._refused(sid)
+        session = self.sessions.get(message["session_id"], self)
         ahead = await session.start_turn(message["content"])
         if ahead:  # on_busy=queue: say so, since its events come only later
             after = "." if ahead == 1 else f" and the {ahead - 1} queued before it."
@@ -168,14 +175,12 @@ class Connection(Outbound):
             )
 
     async def _on_cancel(self, message: dict[str, Any]) -> None:
-        sid = message["session_id"]
-        session = self.sessions.lookup(sid, self) or await self._refused(sid)
+        session = self.sessions.get(message["session_id"], self)
         if not await session.cancel("the turn was cancelled."):
             self._notice("No turn is running in this session; nothing to cancel.", session.id)
 
     async def _on_end_session(self, message: dict[str, Any]) -> None:
-        sid = message["session_id"]
-        session = self.sessions.lookup(sid, self) or await self._refused(sid)
+        session = self.sessions.get(message["session_id"], self)
         await self.sessions.end(session, "ended", "ended by client")
 
     async def _on_list_agents(self, message: dict[str, Any]) -> None:
@@ -194,25 +199,20 @@ class Connection(Outbound):
         if event_id is not None:  # the schema holds it to "<session_id>:<digits>"
             session_id, _, seq_text = event_id.rpartition(":")
             last_seq = int(seq_text)
-        if not session_id:
-            return
-        session = self.sessions.sessions.get(session_id)
+        session = self.sessions.sessions.get(session_id) if session_id else None
         if session is None or self not in session.connections:
             # Not this connection's: ignored, as acks of ended sessions are, unless it is
-            # another principal's (with auth on: counted like any frame, then refused).
-            if self.principal is None:
-                return
-            await self._admit()
-            refusal = await self.sessions.refusal(session_id, self)
-            if refusal.code == "forbidden":
-                raise refusal
+            # another principal's (then counted like any frame, and refused).
+            if session_id and self.principal is not None:
+                await self._admit()
+                if await self.sessions.belongs_to_another(session_id, self):
+                    raise forbidden(session_id)
             return
         if isinstance(last_seq, int) and self.acknowledge(session, last_seq):
             session.trim_acknowledged()
 
     async def _on_response(self, message: dict[str, Any]) -> None:
-        sid = message["session_id"]
-        session = self.sessions.lookup(sid, self) or await self._refused(sid)
+        session = self.sessions.get(message["session_id"], self)
         content = message["content"]
         approved = content.get("approved", content.get("confirmed"))  # the schema wants one
         await session.respond(message["step_id"], approved, content.get("feedback"))

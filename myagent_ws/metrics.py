@@ -49,13 +49,11 @@ class Metrics:
         )
         self._outcomes: dict[str, Any] = {}
         self.events_sent: dict[str, int] = {}  # by event name
-        self.registry.register(
-            _Tally(
-                "myagent_ws_events_sent",
-                "Session events emitted, by event name.",
-                "event",
-                self.events_sent,
-            )
+        self.tally(
+            "myagent_ws_events_sent",
+            "Session events emitted, by event name.",
+            "event",
+            self.events_sent,
         )
         self._inbound_errors = Counter(
             "myagent_ws_inbound_errors",

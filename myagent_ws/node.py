@@ -24,9 +24,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import os
 import secrets
-import socket
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +33,7 @@ from redis.exceptions import RedisError
 
 from .redis_store import RedisStore, entry_seq, stamp
 from .runner import error_event
+from .sessions import NODE_ID
 from .shared_session import stored_body
 from .store import StoreUnavailable
 
@@ -55,7 +54,7 @@ class Node:
     """This process in the cluster."""
 
     def __init__(self, sessions: SharedSessions, store: RedisStore, metrics: Metrics) -> None:
-        self.id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self.id = f"{NODE_ID}-{secrets.token_hex(3)}"  # a restarted pid is another node
         self.sessions = sessions
         self.store = store
         self.metrics = metrics
@@ -67,8 +66,10 @@ class Node:
         self._orphans: dict[str, str] = {}  # session -> turn left holding it (Redis was down)
         self._failing: set[str] = set()  # loops now failing, so each outage is said once
         self._telling: set[asyncio.Task[Any]] = set()
+        self._woken_to = b"0-0"  # the last entry of this node's wake stream read
 
     def new_token(self) -> str:
+        """A turn's token, "<node>|<n>": the node that runs it is part of its name."""
         return f"{self.id}|{next(self._turns)}"
 
     async def start(self) -> None:
@@ -83,7 +84,7 @@ class Node:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        with contextlib.suppress(StoreUnavailable, Exception):
+        with contextlib.suppress(Exception):  # Redis may be gone: the lease runs out then
             await self.store.retire(self.id)
 
     def _failed(self, where: str, exc: BaseException) -> None:
@@ -229,12 +230,11 @@ class Node:
             self._failed("tail", exc)
 
     async def _tail_loop(self) -> None:
-        state = {"wake": b"0-0"}
-        await self._forever("tail", lambda: self._tail(state), 0)
+        await self._forever("tail", self._tail, 0)
 
-    async def _tail(self, state: dict[str, bytes]) -> None:
+    async def _tail(self) -> None:
         followed: dict[bytes, SharedSession] = {}
-        streams: dict[Any, Any] = {self.store.wake_key(self.id): state["wake"]}
+        streams: dict[Any, Any] = {self.store.wake_key(self.id): self._woken_to}
         for session in self.sessions.sessions.values():
             if session.tailing and not session.closed and not session.busy:
                 key = self.store.log_key(session.id)
@@ -245,7 +245,7 @@ class Node:
         for key, entries in reply or ():
             session = followed.get(key)
             if session is None:
-                state["wake"] = entries[-1][0]
+                self._woken_to = entries[-1][0]
                 continue
             oldest = float(entries[0][1].get(b"t", now_ms))
             self.metrics.stream_lag(max(now_ms - oldest, 0.0) / 1000)

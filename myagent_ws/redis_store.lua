@@ -17,10 +17,11 @@ local function node_of(token)
   return string.match(token, '^(.*)|')
 end
 
--- Keep the log within `max_events` entries and `max_bytes` of frames: oldest first.
-local function trim(max_events, max_bytes)
+-- Keep the log within `max_events` entries and `max_bytes` of frames (it holds `bytes`):
+-- oldest first.
+local function trim(max_events, max_bytes, bytes)
   local size = redis.call('XLEN', log)
-  local bytes = tonumber(redis.call('HGET', record, 'logbytes') or '0')
+  local before = bytes
   while size > 1 and (size > max_events or bytes > max_bytes) do
     local oldest = redis.call('XRANGE', log, '-', '+', 'COUNT', 1)[1]
     redis.call('XDEL', log, oldest[1])
@@ -30,23 +31,23 @@ local function trim(max_events, max_bytes)
     end
     size = size - 1
   end
-  redis.call('HSET', record, 'logbytes', bytes)
+  if bytes ~= before then redis.call('HSET', record, 'logbytes', bytes) end
 end
 
--- Append (name, body) pairs from ARGV[first] on; returns the seq of the first.
+-- Append (name, body) pairs from ARGV[first] on, their seqs allocated in one step;
+-- returns the seq of the first (nil for none).
 local function append(first, count, max_events, max_bytes)
+  if count == 0 then return nil end
   local now = redis.call('TIME')
   local ms = now[1] * 1000 + math.floor(now[2] / 1000)
-  local start = nil
+  local start = redis.call('HINCRBY', record, 'seq', count) - count + 1
   local added = 0
-  for i = first, first + 2 * count - 1, 2 do
-    local seq = redis.call('HINCRBY', record, 'seq', 1)
-    start = start or seq
-    redis.call('XADD', log, seq .. '-0', 'e', ARGV[i], 'f', ARGV[i + 1], 't', ms)
+  for k = 0, count - 1 do
+    local i = first + 2 * k
+    redis.call('XADD', log, (start + k) .. '-0', 'e', ARGV[i], 'f', ARGV[i + 1], 't', ms)
     added = added + #ARGV[i + 1]
   end
-  redis.call('HINCRBY', record, 'logbytes', added)
-  trim(max_events, max_bytes)
+  trim(max_events, max_bytes, redis.call('HINCRBY', record, 'logbytes', added))
   return start
 end
 
@@ -62,18 +63,21 @@ end
 
 -- The turn ends: forget it (and its question), or hand the session to `next_token` for
 -- the first queued message. Returns that message or false.
+local function turns_key(prefix, token)
+  return prefix .. 'node:' .. node_of(token) .. ':turns'
+end
+
 local function release(prefix, sid, next_token)
   local token = redis.call('HGET', record, 'turn')
   redis.call('HDEL', record, 'pending', 'pending_body')
+  if token then redis.call('SREM', turns_key(prefix, token), sid) end
   if next_token ~= '' and redis.call('LLEN', queue) > 0 then
     local text = redis.call('LPOP', queue)
     redis.call('HSET', record, 'turn', next_token)
-    if token then redis.call('SREM', prefix .. 'node:' .. node_of(token) .. ':turns', sid) end
-    redis.call('SADD', prefix .. 'node:' .. node_of(next_token) .. ':turns', sid)
+    redis.call('SADD', turns_key(prefix, next_token), sid)
     return text
   end
   redis.call('HDEL', record, 'turn')
-  if token then redis.call('SREM', prefix .. 'node:' .. node_of(token) .. ':turns', sid) end
   return false
 end
 
@@ -162,7 +166,7 @@ if token then
   return {'queued', position}
 end
 redis.call('HSET', record, 'turn', ARGV[4])
-redis.call('SADD', ARGV[2] .. 'node:' .. node_of(ARGV[4]) .. ':turns', ARGV[3])
+redis.call('SADD', turns_key(ARGV[2], ARGV[4]), ARGV[3])
 local mem_v = redis.call('HGET', record, 'mem_v') or '0'
 touch(tonumber(ARGV[1]))
 if mem_v == ARGV[8] then return {'run', mem_v, false} end

@@ -42,6 +42,11 @@ def stamp(body: bytes, session_id: bytes, seq: int) -> bytes:
     return b'%s,"seq":%d,"event_id":"%s:%d"}' % (body[:-1], seq, session_id, seq)
 
 
+def node_of(token: str) -> str:
+    """The node that runs a turn, from its token "<node>|<n>" (as the scripts read it)."""
+    return token.split("|", 1)[0]
+
+
 def redacted(url: str) -> str:
     """host:port/db of a Redis URL: what messages and the banner show (no password)."""
     return url.split("://", 1)[-1].split("@")[-1]
@@ -72,11 +77,11 @@ def _guarded(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]
 
 @dataclass(slots=True)
 class Appended:
-    """What a script appended: seqs `first` .. `first + count - 1` (first 0: nothing)."""
+    """What a script appended: from seq `first` (0: nothing; stop also says how many)."""
 
     first: int
     count: int = 0
-    holder: str | None = None  # the turn a stop ended
+    holder: str | None = None  # the turn a stop ended, or the one a finish started
     next_text: str | None = None  # a queued message that now runs as the caller's turn
 
 
@@ -115,7 +120,6 @@ class RedisStore(Store):
         max_events: int = 1000,
         max_bytes: int = 1 << 20,
     ) -> None:
-        self.url = url
         self.where = redacted(url)
         self.prefix = prefix
         self.ttl_ms = int(ttl_s * 1000)
@@ -149,15 +153,22 @@ class RedisStore(Store):
 
     # -- keys ------------------------------------------------------------------------------
 
-    def keys(self, session_id: str) -> list[str]:
-        base = f"{self.prefix}s:{session_id}"
-        return [base, f"{base}:log", f"{base}:q"]
+    def record_key(self, session_id: str) -> str:
+        return f"{self.prefix}s:{session_id}"
 
     def log_key(self, session_id: str) -> str:
         return f"{self.prefix}s:{session_id}:log"
 
+    def keys(self, session_id: str) -> list[str]:
+        """A session's keys, as every script takes them: record, log, queue."""
+        record = self.record_key(session_id)
+        return [record, f"{record}:log", f"{record}:q"]
+
     def lease_key(self, node: str) -> str:
         return f"{self.prefix}node:{node}"
+
+    def turns_key(self, node: str) -> str:
+        return f"{self.prefix}node:{node}:turns"
 
     def channel(self, node: str) -> str:
         return f"{self.prefix}ctl:{node}"
@@ -175,7 +186,7 @@ class RedisStore(Store):
 
     @_guarded
     async def save_session(self, record: SessionRecord) -> None:
-        key = self.keys(record.session_id)[0]
+        key = self.record_key(record.session_id)
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.hset(
                 key,
@@ -192,7 +203,7 @@ class RedisStore(Store):
     @_guarded
     async def load_session(self, session_id: str) -> SessionRecord | None:
         agent, owner, created, closed = await self.redis.hmget(
-            self.keys(session_id)[0], "agent", "owner", "created", "closed"
+            self.record_key(session_id), "agent", "owner", "created", "closed"
         )
         if agent is None or closed == b"1":
             return None
@@ -260,7 +271,7 @@ class RedisStore(Store):
         reply = await self._run("finish", session_id, args)
         first = int(reply[0])
         text = reply[1].decode() if len(reply) > 1 and reply[1] else None
-        return Appended(first, len(events) if first > 0 else 0, next_token if text else token, text)
+        return Appended(first, next_text=text, holder=next_token if text else None)
 
     @_guarded
     async def stop(
@@ -314,7 +325,7 @@ class RedisStore(Store):
     async def snapshot(self, session_id: str, after: int, count: int) -> Snapshot | None:
         """What a reconnect needs, in one round trip; None if the session is gone."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            record = self.keys(session_id)[0]
+            record = self.record_key(session_id)
             pipe.hmget(record, "agent", "owner", "seq", "closed", "pending", "pending_body")
             pipe.xrange(self.log_key(session_id), min=f"({after}-0", max="+", count=count)
             (agent, owner, seq, closed, step, body), entries = await pipe.execute()
@@ -341,7 +352,7 @@ class RedisStore(Store):
     async def memory(self, session_id: str, known: int) -> tuple[int, bytes | None]:
         """The conversation memory's version, and the memory (b"" for none yet) if that is
         not `known`."""
-        version, memory = await self.redis.hmget(self.keys(session_id)[0], "mem_v", "mem")
+        version, memory = await self.redis.hmget(self.record_key(session_id), "mem_v", "mem")
         version = int(version or 0)
         return version, (memory or b"" if version != known else None)
 
@@ -350,7 +361,7 @@ class RedisStore(Store):
         """When each session last got a message (None: gone)."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for sid in session_ids:
-                pipe.hget(self.keys(sid)[0], "seen")
+                pipe.hget(self.record_key(sid), "seen")
             values = await pipe.execute()
         return [float(v) if v is not None else None for v in values]
 
@@ -393,7 +404,7 @@ class RedisStore(Store):
         lost = {}
         for node, up in zip(others, alive, strict=True):
             if not up:
-                turns = await self.redis.smembers(f"{self.prefix}node:{node}:turns")
+                turns = await self.redis.smembers(self.turns_key(node))
                 lost[node] = [sid.decode() for sid in turns]
         return lost
 
@@ -402,7 +413,7 @@ class RedisStore(Store):
         """A lost process whose turns were all ended."""
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.srem(f"{self.prefix}nodes", node)
-            pipe.delete(f"{self.prefix}node:{node}:turns", self.wake_key(node))
+            pipe.delete(self.turns_key(node), self.wake_key(node))
             await pipe.execute()
 
     @_guarded

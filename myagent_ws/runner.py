@@ -218,11 +218,7 @@ class Turn:
         if not self.open:
             return False
         self.step(terminal)
-        self.open = False
-        self.pending = None  # an answer arriving now matches nothing
-        self._timer.cancel()
-        outcome = terminal["event"].removeprefix("agent.")
-        self._metrics.turn_finished(outcome, time.perf_counter() - self._started)
+        self._close(terminal["event"].removeprefix("agent."))
         if self._on_end is not None:
             self._on_end(terminal)
         return True
@@ -240,13 +236,16 @@ class Turn:
         (it was cancelled there, or this process was counted as lost)."""
         if not self.open:
             return False
-        self.open = False
-        self.pending = None
-        self._timer.cancel()
-        self._metrics.turn_finished("abandoned", time.perf_counter() - self._started)
+        self._close("abandoned")
         if self.task is not None:
             self.task.cancel()
         return True
+
+    def _close(self, outcome: str) -> None:
+        self.open = False
+        self.pending = None  # an answer arriving now matches nothing
+        self._timer.cancel()
+        self._metrics.turn_finished(outcome, time.perf_counter() - self._started)
 
     def fail(self, code: str, message: str) -> bool:
         """End the turn now with agent.error (e.g. the session store failed)."""

@@ -188,31 +188,31 @@ class SessionManager:
                 f"This server holds {len(self.sessions)} sessions, its limit; try again later.",
             )
 
-    def lookup(self, session_id: str, connection: Reader) -> Session | None:
-        """The session, if this connection is attached to it; else None (`refusal` says
-        why)."""
+    def get(self, session_id: str, connection: Reader) -> Session:
+        """The session, if this connection is attached to it (others cannot see it)."""
         session = self.sessions.get(session_id)
         if session is None or connection not in session.connections:
-            return None
+            raise ProtocolError(
+                "session_not_found",
+                f"No session {session_id!r} on this connection; create one with "
+                "user.create_session or attach with user.reconnect.",
+                session_id=session_id,
+            )
         session.last_active = time.monotonic()
         return session
 
-    async def refusal(self, session_id: str, connection: Reader) -> ProtocolError:
-        """Why `connection` may not use `session_id`: it belongs to another principal
-        (forbidden), or this connection is not attached to it (session_not_found)."""
-        if await self.owner(session_id) not in (connection.principal, None):
-            return forbidden(session_id)
-        return ProtocolError(
-            "session_not_found",
-            f"No session {session_id!r} on this connection; create one with "
-            "user.create_session or attach with user.reconnect.",
-            session_id=session_id,
-        )
-
-    async def owner(self, session_id: str) -> str | None:
-        """The principal that created the session; None if auth was off or it is gone."""
+    async def belongs_to_another(self, session_id: str, connection: Reader) -> bool:
+        """Whether the session is another principal's (with auth on; the failure path of
+        a frame naming a session this connection is not attached to)."""
+        if connection.principal is None:
+            return False
         session = self.sessions.get(session_id)
-        return session.owner if session is not None else None
+        if session is not None:
+            owner = session.owner
+        else:  # served by another process, or gone
+            record = await self.store.load_session(session_id)
+            owner = record.owner if record is not None else None
+        return owner is not None and owner != connection.principal
 
     async def reconnect(self, session_id: str, connection: Reader, last_seq: int) -> Session:
         """Attach a connection to a live session from `last_seq`: it is sent every buffered

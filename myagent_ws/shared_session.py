@@ -26,14 +26,14 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from .protocol import cut_content, encode
-from .redis_store import FENCED, GONE, Appended, RedisStore, stamp
+from .protocol import ProtocolError, cut_content, encode
+from .redis_store import FENCED, GONE, Appended, RedisStore, node_of, stamp
 from .runner import PendingConfirm, interrupted_event
 from .session import Session
 from .sessions import (
     not_found,
 )
-from .store import StoreUnavailable, store_down
+from .store import StoreUnavailable
 
 if TYPE_CHECKING:
     from .cluster import SharedSessions
@@ -64,7 +64,8 @@ class SharedSession(Session):
     """This process's view of a session in Redis: the turn it runs there, if any, and,
     while connections here are attached, a replay buffer fed from the session's log."""
 
-    __slots__ = ("_flusher", "_outbox", "_sid", "ending", "mem_v", "tailing", "token")
+    # Session._follower is the task that flushes the outbox (Session.drain awaits it).
+    __slots__ = ("_outbox", "_sid", "ending", "mem_v", "tailing", "token")
 
     def __init__(
         self,
@@ -76,7 +77,6 @@ class SharedSession(Session):
     ):
         super().__init__(session_id, agent_name, agent, manager, owner)
         self._outbox: deque[Entry] = deque()
-        self._flusher: asyncio.Task[None] | None = None
         self._sid = session_id.encode()
         self.mem_v = -1  # the memory version the agent instance holds (-1: none)
         self.tailing = False  # connections here: keep the buffer, read the log
@@ -101,19 +101,14 @@ class SharedSession(Session):
         return len(self._outbox) >= OUTBOX_PACE
 
     def _kick(self) -> None:
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush(), name=f"flush {self.id}")
+        if self._follower is None or self._follower.done():
+            self._follower = asyncio.create_task(self._flush(), name=f"flush {self.id}")
 
     async def pace(self) -> None:
         await super().pace()
-        flusher = self._flusher
+        flusher = self._follower
         if len(self._outbox) >= OUTBOX_PACE and flusher is not None:
             await asyncio.wait([flusher], timeout=self._manager.settings.node_lease_s)
-
-    async def drain(self) -> None:
-        if self._flusher is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
 
     async def _flush(self) -> None:
         """Append the outbox in order, a batch per round trip (a batch: entries with one
@@ -173,7 +168,8 @@ class SharedSession(Session):
                     self.take(seq, frame, from_log=True)
         for offset, (name, body, event, _) in enumerate(batch):
             seq = first + offset
-            self.take(seq, stamp(body, self._sid, seq))
+            if self.tailing:  # else nobody here reads it: no frame to build
+                self.take(seq, stamp(body, self._sid, seq))
             manager.metrics.event_sent(name)
             if manager.observe is not None and event is not None:
                 event["seq"], event["event_id"] = seq, f"{self.id}:{seq}"
@@ -223,12 +219,18 @@ class SharedSession(Session):
         self._manager.metrics.store_error()
         if self._drop(fence):
             self._manager.node.orphan(self.id, fence[1])
-        error = store_down(self.id).to_event()
-        error["content"] = (
-            "The session store (Redis) is unreachable: events of this session were not "
-            "kept and its running turn was stopped. Send the message again in a moment."
+        self.tell(
+            ProtocolError(
+                "internal_error",
+                "The session store (Redis) is unreachable: events of this session were not "
+                "kept and its running turn was stopped. Send the message again in a moment.",
+                session_id=self.id,
+            )
         )
-        frame = encode(error)
+
+    def tell(self, error: ProtocolError) -> None:
+        """A system.error (no seq: not a session event) to every connection here."""
+        frame = encode(error.to_event())
         for connection in self.connections:
             connection.send(frame)
 
@@ -293,7 +295,7 @@ class SharedSession(Session):
         token = await self.store.claim(self.id, step_id)
         if token is None:
             raise self.not_pending(step_id)
-        node = token.split("|", 1)[0]
+        node = node_of(token)
         if node == self._manager.node.id:
             if self.turn is not None and self.token == token:
                 self.turn.respond(step_id, approved, feedback)
@@ -329,7 +331,7 @@ class SharedSession(Session):
 
     def abandon_turn(self, token: str) -> None:
         """Another process ended turn `token`: stop it here, or tell its process."""
-        node = token.split("|", 1)[0]
+        node = node_of(token)
         manager = self._manager
         if node == manager.node.id:
             self._fenced(("turn", token))
