@@ -21,6 +21,8 @@ from typing import IO
 
 import aiohttp
 
+from bench.multinode import WEATHER, node_env
+
 ROOT = Path(__file__).resolve().parents[1]
 VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
 PYTHON = str(VENV_PYTHON) if VENV_PYTHON.exists() else sys.executable
@@ -95,9 +97,13 @@ class Child:
         self.name = name
         self.log_path = logdir / f"{name}.log"
         self._log: IO[bytes] = self.log_path.open("wb")
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "MYAGENT"))}
         self.proc = subprocess.Popen(
-            argv, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log
+            argv,
+            cwd=ROOT,
+            env=node_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=self._log,
         )
         if cpus is not None:
             os.sched_setaffinity(self.proc.pid, cpus)
@@ -181,6 +187,17 @@ UVLOOP = False
 
 def loop_flag() -> list[str]:
     return ["--uvloop"] if UVLOOP else []
+
+
+def server_args(llm_url: str | None = None) -> list[str]:
+    """`myagent-ws server` arguments for a bench run, less --host/--port: the weather agent
+    on the run's event loop, on the LLM at `llm_url` (else the offline model)."""
+    args = [WEATHER, "--event-loop", "uvloop" if UVLOOP else "asyncio"]
+    args += ["--drain-timeout-s", "0"]  # a stopped phase stops at once, like the reference
+    args += ["--max-connections-per-ip", "0"]  # every load client is on 127.0.0.1
+    if llm_url:
+        args += ["--llm-base-url", llm_url, "--model", "fake", "--llm-api-key", "bench"]
+    return args
 
 
 def pinning() -> str:

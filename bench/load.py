@@ -75,6 +75,23 @@ def _ms(values: list[float], scale: float = 1000.0) -> dict[str, float | None]:
     }
 
 
+def _token_delays_us(content: Any) -> list[int]:
+    """The delay since the fake LLM's write of each answer token stamped in `content` (an
+    agent.partial_answer's), in µs."""
+    if not isinstance(content, str) or "t" not in content:
+        return []
+    now_us = time.time_ns() // 1000
+    return [(now_us - int(stamp)) % STAMP_MOD for stamp in STAMP.findall(content)]
+
+
+async def _close(ws: aiohttp.ClientWebSocketResponse, reader: asyncio.Task[None] | None) -> None:
+    """Cancel a connection's reader task, then close it (whatever the close raises)."""
+    if reader is not None:
+        reader.cancel()
+    with contextlib.suppress(Exception):
+        await ws.close()
+
+
 @dataclass
 class Stats:
     """What all connections of one run saw; filled in place so a timed-out run still reports."""
@@ -197,11 +214,7 @@ class Client:
             stats.first.append(received - self.started)
         kind = event.get("event")
         if kind == "agent.partial_answer":
-            content = event.get("content")
-            if isinstance(content, str) and "t" in content:
-                now_us = time.time_ns() // 1000
-                for stamp in STAMP.findall(content):
-                    stats.routing_us.append((now_us - int(stamp)) % STAMP_MOD)
+            stats.routing_us += _token_delays_us(event.get("content"))
         elif kind in TERMINAL:
             stats.final.append(received - self.started)
             done.set_result(kind)
@@ -232,10 +245,7 @@ class Client:
                     return  # the session may still be busy: no further turns on it
 
     async def close(self) -> None:
-        if self.reader is not None:
-            self.reader.cancel()
-        with contextlib.suppress(Exception):
-            await self.ws.close()
+        await _close(self.ws, self.reader)
 
 
 async def _open(
@@ -431,10 +441,7 @@ class _Watcher:
                 continue
             self.arrived.setdefault(seq, now)
             if kind == "agent.partial_answer":
-                content = event.get("content")
-                if isinstance(content, str):
-                    now_us = time.time_ns() // 1000
-                    self.token_us += [(now_us - int(s)) % STAMP_MOD for s in STAMP.findall(content)]
+                self.token_us += _token_delays_us(event.get("content"))
             elif kind in TERMINAL:
                 self.finals += 1
                 self.changed.set()
@@ -451,10 +458,7 @@ class _Watcher:
         return self.finals >= count
 
     async def close(self) -> None:
-        if self.reader is not None:
-            self.reader.cancel()
-        with contextlib.suppress(Exception):
-            await self.ws.close()
+        await _close(self.ws, self.reader)
 
 
 async def run_routing(

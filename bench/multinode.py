@@ -35,6 +35,9 @@ REDIS_URL = "redis://127.0.0.1:6379/0"
 START_TIMEOUT_S = 30.0
 TERM_GRACE_S = 10.0  # after SIGTERM, before SIGKILL
 KILL_WAIT_S = 5.0
+# How NodeSet stops its nodes: each signal to every node, then up to that long for them all
+# to exit.
+STOP_STEPS = ((signal.SIGTERM, TERM_GRACE_S), (signal.SIGKILL, KILL_WAIT_S))
 # The environment a node does not inherit: no LLM endpoint and no server setting comes
 # from the shell running the bench or the tests (the offline model serves unless a flag
 # says otherwise); what a node should have is passed to it.
@@ -265,14 +268,7 @@ class NodeSet:
         self.cpus = cpus
         self.python = python
         self.nodes: list[Node] = []
-        self.deleted_keys = 0
         self._stopped = False
-
-    def __getitem__(self, index: int) -> Node:
-        return self.nodes[index]
-
-    def __len__(self) -> int:
-        return len(self.nodes)
 
     @property
     def urls(self) -> list[str]:
@@ -319,18 +315,12 @@ class NodeSet:
             return
         self._stopped = True
         try:
-            for node in self.nodes:
-                node.send_signal(signal.SIGTERM)
-            for sig, wait_s in ((None, TERM_GRACE_S), (signal.SIGKILL, KILL_WAIT_S)):
-                if sig is not None:
-                    for node in self.nodes:
-                        node.send_signal(sig)
-                deadline = time.monotonic() + wait_s
-                while any(n.alive() for n in self.nodes) and time.monotonic() < deadline:  # noqa: ASYNC110
+            for sig, wait_s in STOP_STEPS:
+                deadline = self._signal_all(sig, wait_s)
+                while self._waiting(deadline):  # noqa: ASYNC110
                     await asyncio.sleep(0.05)
         except asyncio.CancelledError:  # cancelled while waiting: no more waiting
-            for node in self.nodes:
-                node.send_signal(signal.SIGKILL)
+            self._signal_all(signal.SIGKILL, 0.0)
             raise
         finally:
             self._finish()
@@ -340,13 +330,21 @@ class NodeSet:
         if self._stopped:
             return
         self._stopped = True
-        for sig, wait_s in ((signal.SIGTERM, TERM_GRACE_S), (signal.SIGKILL, KILL_WAIT_S)):
-            for node in self.nodes:
-                node.send_signal(sig)
-            deadline = time.monotonic() + wait_s
-            while any(n.alive() for n in self.nodes) and time.monotonic() < deadline:
+        for sig, wait_s in STOP_STEPS:
+            deadline = self._signal_all(sig, wait_s)
+            while self._waiting(deadline):
                 time.sleep(0.05)
         self._finish()
+
+    def _signal_all(self, sig: int, wait_s: float) -> float:
+        """Send `sig` to every node; the deadline for them to exit after it."""
+        for node in self.nodes:
+            node.send_signal(sig)
+        return time.monotonic() + wait_s
+
+    def _waiting(self, deadline: float) -> bool:
+        """Whether a node is still up and `deadline` not yet passed."""
+        return any(n.alive() for n in self.nodes) and time.monotonic() < deadline
 
     def _finish(self) -> None:
         for node in self.nodes:
@@ -354,7 +352,7 @@ class NodeSet:
         with contextlib.suppress(ValueError):
             NodeSet.live.remove(self)
         with contextlib.suppress(Exception):
-            self.deleted_keys = delete_prefix(self.store_url, self.prefix)
+            delete_prefix(self.store_url, self.prefix)
 
     @classmethod
     def stop_all_now(cls) -> None:

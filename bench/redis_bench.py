@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from bench import harness, load, multinode, redis_stats
+from bench import load, multinode, redis_stats
 from bench.harness import (
     ALL_CPUS,
     LOAD_CPUS,
@@ -27,6 +27,7 @@ from bench.harness import (
     cpu_s,
     machine_busy_s,
     own_cpu_s,
+    server_args,
     start_fake,
 )
 from bench.report import Row, Target, compared_rows, div, fmt, md_table, text_table
@@ -36,21 +37,20 @@ REDIS_NODES = (1, 3)
 BENCH_COMMANDS = {"info"}
 
 
-def _node_args(llm_url: str | None = None) -> list[str]:
-    args = [multinode.WEATHER, "--event-loop", "uvloop" if harness.UVLOOP else "asyncio"]
-    args += ["--drain-timeout-s", "0"]
-    args += ["--max-connections-per-ip", "0"]  # every load client is on 127.0.0.1
-    if llm_url:
-        args += ["--llm-base-url", llm_url, "--model", "fake", "--llm-api-key", "bench"]
-    return args
-
-
 def _ops(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
     return {
         k: after[k] - before.get(k, 0)
         for k in after
         if k not in BENCH_COMMANDS and after[k] > before.get(k, 0)
     }
+
+
+def _per_turn(
+    busy: dict[str, int], idle: dict[str, int], busy_s: float, idle_s: float, turns: int
+) -> dict[str, float]:
+    """Per turn, each count of `busy` (over `busy_s` seconds) less the background the idle
+    window's counts (over `idle_s` seconds) give for as long; never below 0."""
+    return {k: max(0.0, (v - idle.get(k, 0) * busy_s / idle_s) / turns) for k, v in busy.items()}
 
 
 async def run_redis_turns(count: int, sizes: Sizes, logdir: Path, store_url: str) -> dict[str, Any]:
@@ -65,7 +65,7 @@ async def run_redis_turns(count: int, sizes: Sizes, logdir: Path, store_url: str
     marks: dict[str, Any] = {}
     try:
         async with multinode.NodeSet(
-            count, _node_args(), store_url=store_url, logdir=logdir / f"redis-{count}n-turns",
+            count, server_args(), store_url=store_url, logdir=logdir / f"redis-{count}n-turns",
             cpus=ALL_CPUS, python=PYTHON,
         ) as nodes:  # fmt: skip
             pids = [node.pid for node in nodes.nodes]
@@ -103,9 +103,7 @@ async def run_redis_turns(count: int, sizes: Sizes, logdir: Path, store_url: str
         busy = _ops(marks["ops2"], marks["ops1"])
         idle_s, busy_s = marks["t1"] - marks["t0"], marks["t2"] - marks["t1"]
         res["background_per_s"] = {k: v / idle_s for k, v in idle.items()}
-        res["ops_per_turn"] = {
-            k: max(0.0, (v - idle.get(k, 0) * busy_s / idle_s) / turns) for k, v in busy.items()
-        }
+        res["ops_per_turn"] = _per_turn(busy, idle, busy_s, idle_s, turns)
         res["commands_per_turn"] = sum(res["ops_per_turn"].values())
     if "cpu1" in marks and res.get("turn_s"):
         cpu_ms = (marks["cpu1"] - marks["cpu0"]) * 1000
@@ -152,18 +150,14 @@ async def monitored_turns(nodes: multinode.NodeSet, sizes: Sizes, store_url: str
     turns = res.get("turns_done") or 0
     idle_trips, idle_scripted, idle_s = monitor.split(lines, "idle", "turns")
     trips, scripted, busy_s = monitor.split(lines, "turns", "end")
-
-    def net(busy: dict[str, int], idle: dict[str, int]) -> dict[str, float]:
-        return {
-            k: max(0.0, (v - idle.get(k, 0) * busy_s / idle_s) / turns) for k, v in busy.items()
-        }
-
     return {
         "turns": turns,
         "turns_ok": res.get("turns_ok"),
         "lines": len(lines),
-        "trips_per_turn": net(trips, idle_trips) if turns else {},
-        "scripted_per_turn": net(scripted, idle_scripted) if turns else {},
+        "trips_per_turn": _per_turn(trips, idle_trips, busy_s, idle_s, turns) if turns else {},
+        "scripted_per_turn": (
+            _per_turn(scripted, idle_scripted, busy_s, idle_s, turns) if turns else {}
+        ),
     }
 
 
@@ -174,13 +168,12 @@ async def run_redis_routing(
     pairs of clients per session, one on the process running its turns, one attached to
     another process (the same one, with one node); see load.run_routing."""
     started = time.perf_counter()
-    children: list[Child] = []
+    fake: Child | None = None
     paced = replace(sizes, ttft_ms=100, answer_tokens=sizes.redis_answer_tokens)
     try:
         fake, llm_url = await start_fake("realistic", paced, logdir, f"redis-{count}n")
-        children.append(fake)
         async with multinode.NodeSet(
-            count, _node_args(llm_url), store_url=store_url,
+            count, server_args(llm_url), store_url=store_url,
             logdir=logdir / f"redis-{count}n-routing", cpus=ALL_CPUS, python=PYTHON,
         ) as nodes:  # fmt: skip
             res = await load.run_routing(
@@ -189,8 +182,8 @@ async def run_redis_routing(
             res["alive"] = all(node.alive() for node in nodes.nodes)
             res["node_log"] = nodes.log_lines()[:5]
     finally:
-        for child in reversed(children):
-            child.stop()
+        if fake is not None:
+            fake.stop()
     res.update(nodes=count, wall_s=round(time.perf_counter() - started, 1))
     return res
 

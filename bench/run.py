@@ -51,6 +51,7 @@ from bench.harness import (
     own_cpu_s,
     pinning,
     rss_bytes,
+    server_args,
     start_fake,
 )
 from bench.redis_bench import redis_report, redis_targets, run_redis
@@ -79,13 +80,8 @@ async def start_server(
         port = await child.ready_port()
     else:
         port = multinode.free_port()
-        argv = [PYTHON, "-m", "myagent_ws", "server", "examples/ws_weather_agent.py"]
+        argv = [PYTHON, "-m", "myagent_ws", "server", *server_args(llm_url)]
         argv += ["--host", "127.0.0.1", "--port", str(port)]
-        argv += ["--event-loop", "uvloop" if harness.UVLOOP else "asyncio"]
-        argv += ["--drain-timeout-s", "0"]  # a stopped phase stops at once, like the reference
-        argv += ["--max-connections-per-ip", "0"]  # every load client is on 127.0.0.1
-        if llm_url:
-            argv += ["--llm-base-url", llm_url, "--model", "fake", "--llm-api-key", "bench"]
         child = Child(f"{tag}-server", argv, logdir, SERVER_CPUS)
         await child.healthy(port)
     return child, f"ws://127.0.0.1:{port}/"

@@ -1,5 +1,6 @@
 """A test client over aiohttp's real WebSocket client that checks every frame it receives
-against the outbound schemas and the seq rules."""
+against the outbound schemas and the seq rules, and the two HTTP requests that come before
+a connection: a WebSocket upgrade sent by hand and POST /auth/ticket."""
 
 from __future__ import annotations
 
@@ -87,3 +88,36 @@ class WsClient:
 
 def names(events: list[dict[str, Any]]) -> list[str]:
     return [e["event"] for e in events]
+
+
+def _http_url(server: Any, path: str) -> Any:
+    """`path` on `server`: a TestServer from `serve`, or anything with an `http` base URL
+    (a CliServer, a cluster Node)."""
+    return server.make_url(path) if hasattr(server, "make_url") else server.http + path
+
+
+async def upgrade(server: Any, path: str = "/", **headers: str) -> tuple[int, Any, Any]:
+    """(status, JSON body or None, response headers) of one WebSocket upgrade request, sent
+    by hand so that any header (Host, Origin) can be set: 101 is a connection let in."""
+    sent = {
+        "Upgrade": "websocket",
+        "Connection": "Upgrade",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+        "Sec-WebSocket-Version": "13",
+        **headers,
+    }
+    async with aiohttp.ClientSession() as http:
+        async with http.get(_http_url(server, path), headers=sent) as response:
+            is_json = response.content_type == "application/json"
+            body = await response.json() if is_json else None
+            return response.status, body, response.headers
+
+
+async def ticket(server: Any, token: str | None = None, **headers: str) -> tuple[int, Any, Any]:
+    """(status, JSON body, response headers) of POST /auth/ticket, with `token` as a Bearer
+    header when given."""
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    async with aiohttp.ClientSession() as http:
+        async with http.post(_http_url(server, "/auth/ticket"), headers=headers) as response:
+            return response.status, await response.json(), response.headers

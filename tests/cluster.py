@@ -105,8 +105,7 @@ class Cluster:
     prefix fresh for this cluster; with store=None each node keeps its memory store.
 
     cluster[i] is a Node (url, http, port, proc, node_id, output()); kill(i, sig) signals
-    one; add() starts one more like the others; stop() ends every process and deletes the
-    prefix's Redis keys."""
+    one; stop() ends every process and deletes the prefix's Redis keys."""
 
     def __init__(
         self,
@@ -156,12 +155,6 @@ class Cluster:
         port = free_port({node.port for node in self.nodes})
         node = Node(len(self.nodes), port, self.args, self.env, self.workdir)
         self.nodes.append(node)
-        return node
-
-    async def add(self, timeout: float = 30.0) -> Node:
-        """One more node, like the others (e.g. to replace a killed one)."""
-        node = self._spawn()
-        await node.wait_health(timeout)
         return node
 
     async def wait_ready(self, timeout: float = 30.0) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from bench.multinode import free_port
 from myagent_ws.app import create_app
 from myagent_ws.loader import load_agent_files, spec_for
 from myagent_ws.registry import AgentRegistry
@@ -27,6 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 WEATHER = str(EXAMPLES / "ws_weather_agent.py")
 GREETER = str(EXAMPLES / "my_agent.py")
+CLUSTER_AGENT = str(ROOT / "tests" / "fixtures" / "cluster_agent.py")
+# Principal -> token, for the tokens_file fixture.
+TOKENS = {"alice": "alice-secret-token-1", "bob": "bob-secret-token-2"}
 
 
 def reference(name: str) -> Path:
@@ -50,6 +54,16 @@ def make_registry(files: tuple[str, ...] = (), agents: tuple[Any, ...] = ()) -> 
     for agent in agents:
         registry.add(spec_for(agent.clone, f"test:{agent.name}"))
     return registry
+
+
+@pytest.fixture
+def tokens_file(tmp_path: Path) -> str:
+    """A --auth-tokens-file naming TOKENS (a comment line and a blank line first, which the
+    parser skips)."""
+    path = tmp_path / "tokens"
+    lines = ["# principal:token", ""] + [f"{name}:{token}" for name, token in TOKENS.items()]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return str(path)
 
 
 @pytest.fixture
@@ -97,12 +111,6 @@ def python_output(script: str) -> str:
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
     )
     return done.stdout
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class CliServer:

@@ -8,7 +8,6 @@ import asyncio
 import json
 import socket
 import time
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -17,45 +16,8 @@ import websockets
 from websockets.asyncio.client import connect as websockets_connect
 
 from myagent_ws.sessions import new_session_id
-from tests.conftest import ROOT
-
-WEATHER = str(ROOT / "examples" / "ws_weather_agent.py")
-TOKENS = {"alice": "alice-secret-token-1", "bob": "bob-secret-token-2"}
-
-
-@pytest.fixture
-def tokens_file(tmp_path: Path) -> str:
-    path = tmp_path / "tokens"
-    lines = ["# principal:token", ""] + [f"{name}:{token}" for name, token in TOKENS.items()]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return str(path)
-
-
-async def upgrade(server: Any, path: str = "/", **headers: str) -> tuple[int, Any, Any]:
-    """(status, JSON body or None, response headers) of one WebSocket upgrade request, sent
-    by hand so that any header (Host, Origin) can be set: 101 is a connection let in."""
-    async with aiohttp.ClientSession() as http:
-        async with http.get(server.make_url(path), headers=_upgrade_headers(headers)) as r:
-            body = await r.json() if r.content_type == "application/json" else None
-            return r.status, body, r.headers
-
-
-def _upgrade_headers(headers: dict[str, str]) -> dict[str, str]:
-    return {
-        "Upgrade": "websocket",
-        "Connection": "Upgrade",
-        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
-        "Sec-WebSocket-Version": "13",
-        **headers,
-    }
-
-
-async def ticket(server: Any, token: str | None, **headers: str) -> tuple[int, Any, Any]:
-    if token is not None:
-        headers["Authorization"] = f"Bearer {token}"
-    async with aiohttp.ClientSession() as http:
-        async with http.post(server.make_url("/auth/ticket"), headers=headers) as response:
-            return response.status, await response.json(), response.headers
+from tests.client import ticket, upgrade
+from tests.conftest import TOKENS, WEATHER
 
 
 async def run_turn(ws: Any) -> str:
@@ -320,10 +282,7 @@ def test_debug_logs_never_show_tokens_or_tickets(cli_server, tokens_file):
     server = cli_server(WEATHER, "--debug", "--auth-tokens-file", tokens_file)
 
     async def use_every_credential() -> str:
-        async with aiohttp.ClientSession() as http:
-            headers = {"Authorization": f"Bearer {TOKENS['alice']}"}
-            async with http.post(f"{server.http}/auth/ticket", headers=headers) as response:
-                issued = (await response.json())["ticket"]
+        issued = (await ticket(server, TOKENS["alice"]))[1]["ticket"]
         async with websockets_connect(f"{server.url}/?ticket={issued}") as ws:
             await ws.recv()
             await run_turn(ws)
@@ -339,3 +298,35 @@ def test_debug_logs_never_show_tokens_or_tickets(cli_server, tokens_file):
     assert "c_1: from 127.0.0.1 as alice" in output
     for secret in (issued, *TOKENS.values()):
         assert secret not in output
+
+
+# --- bounds -----------------------------------------------------------------------------------
+
+
+async def test_unused_tickets_and_failing_clients_are_bounded(monkeypatch, tokens_file):
+    """The memory store keeps at most MAX_TICKETS tickets (the oldest unused one goes),
+    and the gate remembers at most MAX_TRACKED_CLIENTS failing clients (the longest quiet
+    go; a lockout in force is not wiped by a flood of others)."""
+    import myagent_ws.gate as gate_module
+    from myagent_ws.auth import Auth
+    from myagent_ws.gate import Gate
+    from myagent_ws.plugins import make_plugin_manager
+    from myagent_ws.settings import Settings
+    from myagent_ws.store import MemoryStore
+
+    monkeypatch.setattr("myagent_ws.store.MAX_TICKETS", 3)
+    store = MemoryStore()
+    for n in range(5):
+        await store.issue_ticket(f"t{n}", "alice", 30)
+    assert len(store._tickets) == 3
+    assert await store.redeem_ticket("t0") is None and await store.redeem_ticket("t4") == "alice"
+
+    monkeypatch.setattr(gate_module, "MAX_TRACKED_CLIENTS", 4)
+    settings = Settings(auth_tokens_file=tokens_file, max_auth_failures_per_ip=2)
+    gate = Gate(settings, Auth(settings, make_plugin_manager().hook, store))
+    for _ in range(2):
+        gate._failed("203.0.113.1")  # locked out
+    for n in range(10):
+        gate._failed(f"198.51.100.{n}")
+        gate._failed("203.0.113.1")  # still failing: never the longest quiet
+    assert len(gate.failures) <= 4 and gate._retry_after("203.0.113.1") > 0

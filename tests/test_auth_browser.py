@@ -12,7 +12,6 @@ import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -22,7 +21,8 @@ from playwright.async_api import Page, async_playwright, expect
 
 from myagent_ws.console import STATIC
 from myagent_ws.keys import CONNECTIONS, GATE
-from tests.conftest import WEATHER, free_port
+from tests.client import ticket as post_ticket
+from tests.conftest import TOKENS, WEATHER, free_port
 from tests.test_console_browser import (
     ARGS,
     BEIJING,
@@ -36,17 +36,10 @@ from tests.test_console_browser import (
     start_session,
 )
 
-TOKEN = "alice-console-token-1"
+TOKEN = TOKENS["alice"]
 TOKEN_KEY = "myagent-console.token.v1"  # console.js
 # What Chromium logs for a fetch the server answered with an error status.
 LOAD_FAILED = re.compile(r"Failed to load resource: the server responded with a status of 401")
-
-
-@pytest.fixture
-def tokens_file(tmp_path: Path) -> str:
-    path = tmp_path / "tokens"
-    path.write_text(f"alice:{TOKEN}\n", encoding="utf-8")
-    return str(path)
 
 
 @dataclass
@@ -369,11 +362,9 @@ async def front_end(aiohttp_server: Any) -> Any:
 
 async def server_ticket(server: Any) -> str:
     """A ticket fetched the way a backend would: no Origin, the token in a header."""
-    async with aiohttp.ClientSession() as http:
-        headers = {"Authorization": f"Bearer {TOKEN}"}
-        async with http.post(server.make_url("/auth/ticket"), headers=headers) as response:
-            assert response.status == 200
-            return (await response.json())["ticket"]
+    status, body, _ = await post_ticket(server, TOKEN)
+    assert status == 200
+    return body["ticket"]
 
 
 @pytest.mark.parametrize("allowed", ["local-default", "listed"])

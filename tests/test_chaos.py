@@ -6,7 +6,7 @@ reconnect goes to another process."""
 from __future__ import annotations
 
 from bench.chaos import Report, run_chaos
-from tests.cluster import REDIS_URL, require_redis
+from tests.cluster import require_redis
 
 
 async def test_100_forced_disconnects_lose_and_duplicate_nothing() -> None:
@@ -18,9 +18,7 @@ async def test_150_disconnects_hopping_over_3_processes_on_redis_lose_nothing() 
     """30 clients over 3 `myagent-ws server` processes (Redis store, a fresh key prefix,
     deleted afterwards); each reconnect after a cut goes to another process."""
     require_redis()  # in CI (CI=true) a missing Redis fails this test
-    report = await run_chaos(
-        150, sessions=30, seed=1, max_seconds=120, nodes=3, store_url=REDIS_URL
-    )
+    report = await run_chaos(150, sessions=30, seed=1, max_seconds=120, nodes=3)
     assert_nothing_lost(report, 150)
     details = repr(report)
     assert report.hops == report.disconnects, details  # every reconnect after a cut hopped

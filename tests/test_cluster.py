@@ -24,7 +24,6 @@ import json
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Callable
@@ -37,12 +36,11 @@ import websockets
 from websockets.asyncio.client import connect as websockets_connect
 
 from myagent_ws.protocol import Protocol
-from tests.cluster import Cluster, Node, free_port
-from tests.conftest import ROOT
+from tests.client import TERMINAL, names
+from tests.cluster import REDIS_URL, Cluster, Node, free_port, redis_ping
+from tests.conftest import CLUSTER_AGENT
 
-CLUSTER_AGENT = str(ROOT / "tests" / "fixtures" / "cluster_agent.py")
 LEASE_S = 3.0
-TERMINAL = {"agent.final_answer", "agent.error", "agent.timeout", "agent.interrupted"}
 PROTOCOL = Protocol()
 
 Event = dict[str, Any]
@@ -420,9 +418,9 @@ async def test_cancel_on_another_node_stops_the_turn_once_and_the_next_turn_runs
     await asyncio.gather(runner.quiet(0.5), other.quiet(0.5))
     for conn in (runner, other):
         got = conn.of(sid)
-        names = [e["event"] for e in got]
-        assert names.count("agent.interrupted") == 1, (conn.label, conn.tail())
-        after = got[names.index("agent.interrupted") + 1 :]
+        kinds = names(got)
+        assert kinds.count("agent.interrupted") == 1, (conn.label, conn.tail())
+        after = got[kinds.index("agent.interrupted") + 1 :]
         assert not after, f"{conn.label}: events after agent.interrupted: {after}"
     await wait_for(
         lambda: _equals(turns_running(cluster[0]), 0.0), 3, "node 0 stopped the cancelled turn"
@@ -644,8 +642,7 @@ async def test_a_burst_of_events_from_one_node_reaches_another_node_whole_and_in
     assert answer["content"] == "streamed 600", answer
     final = await watcher.until(lambda e: e["event"] in TERMINAL, 15, "the final answer")
     assert final["seq"] == answer["seq"], (final, answer)
-    pieces = [e["content"] for e in watcher.of(sid) if e["event"] == "agent.partial_answer"]
-    assert pieces == [f"<{i}>" for i in range(600)]
+    assert pieces(watcher.of(sid)) == [f"<{i}>" for i in range(600)]
     assert_exactly_once(watcher.of(sid))
 
 
@@ -687,7 +684,7 @@ async def test_the_log_is_bounded_expires_and_a_replay_past_it_names_the_gap(sta
                 last = event.get("seq", last)
                 if event["event"] in TERMINAL:
                     break
-    client = aioredis.Redis.from_url("redis://127.0.0.1:6379/0")
+    client = aioredis.Redis.from_url(REDIS_URL)
     try:
         keys = [k.decode() for k in await client.keys(f"{cluster.prefix}s:{sid}*")]
         assert f"{cluster.prefix}s:{sid}:log" in keys, keys
@@ -812,13 +809,7 @@ class PrivateRedis:
         return self.proc is not None and self.proc.poll() is None
 
     def ping(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
-                sock.settimeout(0.5)
-                sock.sendall(b"PING\r\n")
-                return sock.recv(64).startswith(b"+PONG")
-        except OSError:
-            return False
+        return redis_ping(self.url, 0.5)
 
     def _spawn(self) -> None:
         command = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -36,12 +37,16 @@ def logged(caplog: pytest.LogCaptureFixture) -> str:
     )
 
 
+async def one_turn(serve: Any, connect: Any, text: str, **options: Any) -> list[Any]:
+    """The events of one turn (`text`) in a new session on a new server, serve(**options)."""
+    client = await connect(await serve(**options))
+    sid = await client.create_session()
+    return await client.turn(sid, text)
+
+
 async def failed_turn(serve: Any, connect: Any, model: Any, debug: bool = False) -> str:
     """The content of the agent.error that ends one turn on `model`."""
-    client = await connect(await serve(model=model, debug=debug))
-    sid = await client.create_session()
-    events = await client.turn(sid, "hello")
-    error = events[-1]
+    error = (await one_turn(serve, connect, "hello", model=model, debug=debug))[-1]
     assert error["event"] == "agent.error" and error["metadata"]["code"] == "llm_error"
     return error["content"]
 
@@ -79,7 +84,7 @@ async def test_upstream_500_body_stays_in_the_log(
     assert content == (
         f"The LLM endpoint failed with a server error (500); try again later. {LOG_POINTER}"
     )
-    host_port = fake_openai.base_url.split("//")[1].split("/")[0]
+    host_port = urlsplit(fake_openai.base_url).netloc
     assert_clean(content, host_port, "disk full", "weights")
     text = logged(caplog)
     assert UPSTREAM_BODY in text and fake_openai.base_url in text
@@ -93,7 +98,7 @@ async def test_upstream_401_says_the_key_was_rejected_and_nothing_else(
     fake_openai.script.append(Status(401, body))
     content = await failed_turn(serve, connect, endpoint_model)
     assert content == f"The LLM endpoint rejected the API key (401). {LOG_POINTER}"
-    host_port = fake_openai.base_url.split("//")[1].split("/")[0]
+    host_port = urlsplit(fake_openai.base_url).netloc
     assert_clean(content, host_port, "sk-test", "Incorrect", "OPENAI_API_KEY")
     assert body.rstrip(".") in logged(caplog)
 
@@ -130,9 +135,9 @@ def leaky_agent(seen: list[str]) -> Any:
 
 
 async def tool_turn(serve: Any, connect: Any, agent: Any, debug: bool = False) -> list[Any]:
-    client = await connect(await serve(files=(), agents=(agent,), debug=debug))
-    sid = await client.create_session()
-    return await client.turn(sid, "look up the record")
+    return await one_turn(
+        serve, connect, "look up the record", files=(), agents=(agent,), debug=debug
+    )
 
 
 async def test_a_tool_exception_stays_in_the_log(serve, connect, caplog) -> None:

@@ -11,19 +11,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.client import WsClient, names
+from tests.client import WsClient, names, ticket
 from tests.cluster import require_redis
-from tests.conftest import ROOT
-
-CLUSTER_AGENT = str(ROOT / "tests" / "fixtures" / "cluster_agent.py")
-TOKENS = {"alice": "alice-token-0123456789", "bob": "bob-token-0123456789"}
-
-
-@pytest.fixture
-def tokens_file(tmp_path: Path) -> str:
-    path = tmp_path / "tokens"
-    path.write_text("".join(f"{n}:{t}\n" for n, t in TOKENS.items()), encoding="utf-8")
-    return str(path)
+from tests.conftest import CLUSTER_AGENT, TOKENS
 
 
 @pytest.fixture
@@ -129,10 +119,7 @@ async def test_auth_and_ownership_hold_across_two_nodes_on_redis(
     await bob_on_one.error("forbidden")
 
     # A ticket from one process opens a connection on the other, once.
-    async with aiohttp.ClientSession() as http:
-        url = f"{one.http}/auth/ticket"
-        async with http.post(url, headers=bearer("alice")["headers"]) as response:
-            issued = (await response.json())["ticket"]
+    issued = (await ticket(one, TOKENS["alice"]))[1]["ticket"]
     alice_on_two = await connect(two, path=f"/?ticket={issued}")
     await owner_goes_on(alice_on_two, sid, step_id, tool_log)
     with pytest.raises(aiohttp.WSServerHandshakeError) as refused:

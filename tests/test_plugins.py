@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 from importlib.metadata import entry_points
-from typing import Any
 
 import aiohttp
 import pytest
@@ -21,7 +20,7 @@ from myagent_ws.plugins import (
     make_plugin_manager,
 )
 from myagent_ws.registry import StartupError
-from tests.client import names
+from tests.client import names, ticket, upgrade
 from tests.conftest import GREETER, ROOT, WEATHER
 from tests.plugin_modules import echo_plugin
 from tests.test_cli import run_cli
@@ -292,19 +291,6 @@ async def test_minimal_plugin_in_the_docs_is_served(tmp_path, aiohttp_server, co
             assert await response.json() == {"plugin": "shouter"}
 
 
-async def _upgrade_status(server: Any, **headers: str) -> int:
-    """The HTTP status of a WebSocket upgrade request (101: let in)."""
-    upgrade = {
-        "Upgrade": "websocket",
-        "Connection": "Upgrade",
-        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
-        "Sec-WebSocket-Version": "13",
-    }
-    async with aiohttp.ClientSession() as http:
-        async with http.get(server.make_url("/"), headers={**upgrade, **headers}) as response:
-            return response.status
-
-
 async def test_hook_authenticate_example_in_the_docs_names_the_principal(
     tmp_path, aiohttp_server, monkeypatch
 ):
@@ -327,9 +313,9 @@ async def test_hook_authenticate_example_in_the_docs_names_the_principal(
     app = create_app(Settings(auth_tokens=("ops-token",)), registry, pm=pm)
     server = await aiohttp_server(app)
     sign = pm.get_plugin(f"file:{plugin}").signature
-    assert await _upgrade_status(server) == 401
-    assert await _upgrade_status(server, Cookie=f"user=mallory.{sign('alice')}") == 401
-    assert await _upgrade_status(server, Authorization="Bearer ops-token") == 101
+    assert (await upgrade(server))[0] == 401
+    assert (await upgrade(server, Cookie=f"user=mallory.{sign('alice')}"))[0] == 401
+    assert (await upgrade(server, Authorization="Bearer ops-token"))[0] == 101
     async with aiohttp.ClientSession(cookies={"user": f"alice.{sign('alice')}"}) as http:
         async with http.ws_connect(server.make_url("/")) as ws:
             assert (await ws.receive_json(timeout=5))["event"] == "system.connected"
@@ -371,18 +357,16 @@ async def test_hook_authenticate_async_and_broken_hooks(aiohttp_server, caplog):
     pm.register(AsyncPass())
     registry = build_registry(pm, AgentSources(files=(WEATHER,)))
     server = await aiohttp_server(create_app(Settings(), registry, pm=pm))
-    assert await _upgrade_status(server, **{"X-User": "carol"}) == 101
-    assert await _upgrade_status(server) == 401
+    assert (await upgrade(server, **{"X-User": "carol"}))[0] == 101
+    assert (await upgrade(server))[0] == 401
 
     broken = make_plugin_manager()
     broken.register(BrokenAuth())
     registry = build_registry(broken, AgentSources(files=(WEATHER,)))
     server = await aiohttp_server(create_app(Settings(), registry, pm=broken))
     for headers in ({"X-Break": "raise"}, {}):
-        async with aiohttp.ClientSession() as http:
-            async with http.post(server.make_url("/auth/ticket"), headers=headers) as response:
-                assert response.status == 500
-                body = await response.json()
+        status, body, _ = await ticket(server, **headers)
+        assert status == 500
         assert "db.internal" not in body["message"] and "see its log" in body["message"]
     assert "db.internal:5432" in caplog.text  # the log keeps the detail
-    assert await _upgrade_status(server) == 500
+    assert (await upgrade(server))[0] == 500
