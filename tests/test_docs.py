@@ -42,3 +42,17 @@ def test_readme_websockets_client_runs_against_the_server(cli_server):
     assert "'event': 'system.connected'" in lines[0]
     assert lines[-1].startswith("agent.final_answer") and "Paris" in lines[-1]
     assert any(line.startswith("agent.tool_call") for line in lines)
+
+
+def test_readme_python_client_example_runs_against_the_server(cli_server):
+    server = cli_server(WEATHER)
+    code = python_block("from myagent_ws.client import connect").replace("8080", str(server.port))
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("agent.thinking")
+    assert any(line.startswith("agent.tool_call") for line in lines)
+    assert any(line.startswith("agent.final_answer") and "北京" in line for line in lines)
+    assert "Shanghai" in lines[-1] or "上海" in lines[-1]
