@@ -165,6 +165,9 @@ class Connection(Outbound):
 
     async def _on_message(self, message: dict[str, Any]) -> None:
         session = self.sessions.get(message["session_id"], self)
+        message_id = (message.get("metadata") or {}).get("message_id")
+        if message_id is not None and await session.repeated(message_id):
+            return  # a client's resend of a message that arrived: its turn is under way
         ahead = await session.start_turn(message["content"])
         if ahead:  # on_busy=queue: say so, since its events come only later
             after = "." if ahead == 1 else f" and the {ahead - 1} queued before it."

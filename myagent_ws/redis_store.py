@@ -223,6 +223,12 @@ class RedisStore(Store):
         principal = await self.redis.getdel(f"{self.prefix}ticket:{ticket}")
         return None if principal is None else principal.decode()
 
+    @_guarded
+    async def first_time(self, session_id: str, message_id: str) -> bool:
+        """True the first time a session's message id is seen (SET NX, kept for the TTL)."""
+        key = f"{self.prefix}msgid:{session_id}:{message_id}"
+        return bool(await self.redis.set(key, 1, nx=True, px=self.ttl_ms))
+
     async def close(self) -> None:
         await self.redis.aclose()
         await self.blocking.aclose()

@@ -59,6 +59,10 @@ class Reader(Protocol):
     def acked(self, session: Session) -> int: ...
 
 
+# Message ids a session remembers to spot a resend: a client resends only its latest.
+RECENT_IDS = 8
+
+
 class Session:
     """One conversation with one agent instance; at most one turn runs at a time."""
 
@@ -76,6 +80,7 @@ class Session:
         "last_active",
         "owner",
         "queue",
+        "recent_ids",
         "seq",
         "turn",
     )
@@ -100,6 +105,8 @@ class Session:
         self.turn: Turn | None = None
         # Messages waiting for the running turn (on_busy=queue); made when first needed.
         self.queue: deque[str] | None = None
+        # The last RECENT_IDS message ids clients gave; made when first needed.
+        self.recent_ids: deque[str] | None = None
         self.detached_since: float | None = None
         self.last_active = time.monotonic()
         self.closed = False
@@ -212,6 +219,17 @@ class Session:
     def pending(self) -> PendingConfirm | None:
         """The tool call waiting for approval, if any."""
         return self.turn.pending if self.turn is not None else None
+
+    async def repeated(self, message_id: str) -> bool:
+        """Whether a user.message with this `metadata.message_id` came before: a client
+        that lost its link sends its message again, not knowing if it arrived."""
+        recent = self.recent_ids
+        if recent is None:
+            recent = self.recent_ids = deque(maxlen=RECENT_IDS)
+        if message_id in recent:
+            return True
+        recent.append(message_id)
+        return False
 
     async def start_turn(self, text: str) -> int:
         """Run a turn for `text` now, or as `on_busy` says while one runs. Returns how

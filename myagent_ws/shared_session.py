@@ -236,6 +236,10 @@ class SharedSession(Session):
 
     # -- turns -------------------------------------------------------------------------------
 
+    async def repeated(self, message_id: str) -> bool:
+        """In Redis: a resend may reach another process than the first send."""
+        return not await self.store.first_time(self.id, message_id)
+
     async def start_turn(self, text: str) -> int:
         manager = self._manager
         manager.refuse_if_draining(self.id)
