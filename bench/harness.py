@@ -59,6 +59,9 @@ class Sizes:
     redis_pair_turns: int = 2
     redis_answer_tokens: int = 60
     redis_monitor_turns: int = 3  # per session, under MONITOR (1 node)
+    # The Python client: sequential turns (raw, then the client), then turns over cut links.
+    client_turns: int = 1000
+    client_cut_turns: int = 300
 
 
 FULL = Sizes()
@@ -80,6 +83,8 @@ QUICK = Sizes(
     redis_pair_turns=1,
     redis_answer_tokens=20,
     redis_monitor_turns=2,
+    client_turns=100,
+    client_cut_turns=40,
 )
 
 

@@ -8,6 +8,10 @@ LLM when the scenario needs one), driven by bench/load.py from this process. The
 black boxes; their CPU (utime+stime) and memory (VmRSS) come from /proc, sampled around the
 turn phase only. Ratios are ours / reference, so the machine's speed cancels out.
 
+Then "Python client" (bench/client_bench.py): turns through myagent_ws.client against the
+same turns over a bare aiohttp loop, and turns through a proxy that cuts the link every 25
+events (every event once, in order; the time to resume).
+
 Then "Redis store: 1 vs 3 nodes" (bench/redis_bench.py): turns/s with sessions round-robin
 over 1 and over 3 server processes sharing the Redis at --store-url (a fresh key prefix,
 deleted afterwards), the routing delay to a client attached to another process, and the
@@ -36,7 +40,7 @@ import aiohttp
 # Run as a script, only bench/ is on sys.path: the checkout goes first, so that bench's
 # modules import each other as `bench.X` however they were started (tests import bench.*).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench import harness, load, multinode, serving
+from bench import client_bench, harness, load, multinode, serving
 from bench.harness import (
     FULL,
     LOAD_CPUS,
@@ -60,7 +64,7 @@ from bench.report import Row, Target, compared_rows, div, fmt, md_table, text_ta
 ROOT = Path(__file__).resolve().parents[1]
 SERVERS = ("reference", "myagent-ws")
 SCENARIOS = ("offline", "instant", "realistic", "idle")
-SECTIONS = (*SCENARIOS, "redis")  # what --only may name
+SECTIONS = (*SCENARIOS, "client", "redis")  # what --only may name
 UPSTREAM_TURNS_PER_S = 36  # the upstream project, measured on this machine
 
 
@@ -358,6 +362,7 @@ def report(
     quick: bool,
     redis: dict[Any, Any] | None = None,
     store_url: str = multinode.REDIS_URL,
+    client: dict[str, Any] | None = None,
 ) -> tuple[str, str]:
     """The plain-text table for the terminal and the markdown for RESULTS.md."""
     header = ["metric", "reference", "myagent-ws", "ours/ref"]
@@ -404,6 +409,10 @@ def report(
                 line = f"{server} errors: " + "; ".join(f"{k} ×{v}" for k, v in errors.items())
                 text.append(line)
                 md += ["", line]
+    if client is not None:
+        more_text, more_md = client_report(client)
+        text += more_text
+        md += more_md
     if redis is not None:
         more_text, more_md = redis_report(redis, sizes, store_url)
         text += more_text
@@ -417,6 +426,59 @@ def report(
     text += ["", "== targets", text_table(trows, theader)]
     md += ["", "## Targets", "", md_table(trows, theader), ""]
     return "\n".join(text), "\n".join(md)
+
+
+# ---------------------------------------------------------------- the Python client
+
+
+async def run_client(sizes: Sizes, logdir: Path) -> dict[str, Any]:
+    """One myagent-ws server (offline weather), rate limit lifted for the raw loop."""
+    port = multinode.free_port()
+    argv = [PYTHON, "-m", "myagent_ws", "server", *server_args(None), "--port", str(port)]
+    argv += ["--host", "127.0.0.1", "--rate-limit-per-s", "1000000"]
+    argv += ["--rate-limit-burst", "1000000"]
+    child = Child("client-server", argv, logdir, SERVER_CPUS)
+    try:
+        await child.healthy(port)
+        url = f"ws://127.0.0.1:{port}/"
+        return await client_bench.measure(url, sizes.client_turns, sizes.client_cut_turns, 25)
+    finally:
+        child.stop()
+
+
+def client_report(result: dict[str, Any]) -> tuple[list[str], list[str]]:
+    raw, ours, cut = result["raw_ms"], result["client_ms"], result["cut"]
+    rows = [
+        ["turn p50 (ms)", fmt(raw["p50"]), fmt(ours["p50"]), fmt(result["client_over_raw"])],
+        ["turn p99 (ms)", fmt(raw["p99"]), fmt(ours["p99"]), fmt(div(ours["p99"], raw["p99"]))],
+    ]
+    header = ["metric", "bare aiohttp", "myagent_ws.client", "client/bare"]
+    resume = cut["resume_ms"] or {}
+    line = (
+        f"Link cut every 25 events: {cut['events']} events, {cut['cuts']} cuts, "
+        f"{cut['reconnects']} reconnects, {cut['lost_or_repeated']} lost or repeated, "
+        f"{cut['turns_without_one_terminal']} turns without exactly one terminal event; "
+        f"resume p50 {fmt(resume.get('p50'))} ms, p99 {fmt(resume.get('p99'))} ms."
+    )
+    title = f"Python client: {result['turns']} weather turns on one session (offline model)"
+    text = ["", f"== {title}", text_table(rows, header), line]
+    md = ["", f"## {title}", "", md_table(rows, header), "", line]
+    return text, md
+
+
+def client_targets(result: dict[str, Any]) -> list[Target]:
+    cut = result["cut"]
+    clean = cut["lost_or_repeated"] == 0 and cut["turns_without_one_terminal"] == 0
+    ratio = result["client_over_raw"]
+    return [
+        Target(
+            "client: every event once across cut links",
+            f"{cut['lost_or_repeated']} lost or repeated in {cut['events']}",
+            clean,
+            clean,
+        ),
+        Target("client: turn p50 ≤ 1.5× bare aiohttp", f"{ratio:.2f}×", ratio <= 1.5, ratio <= 3),
+    ]
 
 
 # ---------------------------------------------------------------- main
@@ -498,9 +560,12 @@ def main() -> int:
     signal.signal(signal.SIGTERM, _terminate)
     started = time.perf_counter()
     redis: dict[Any, Any] | None = None
+    client: dict[str, Any] | None = None
     try:
         with tempfile.TemporaryDirectory(prefix="bench-logs-") as logdir:
             results = asyncio.run(run_all(scenarios, sizes, Path(logdir)))
+            if "client" in sections:
+                client = asyncio.run(run_client(sizes, Path(logdir)))
             if "redis" in sections:
                 redis = asyncio.run(run_redis(sizes, Path(logdir), args.store_url))
     except KeyboardInterrupt:
@@ -509,8 +574,11 @@ def main() -> int:
     finally:
         Child.stop_all()
         multinode.NodeSet.stop_all_now()  # a last resort: each phase stops its own nodes
-    found = targets(results) + (redis_targets(redis) if redis is not None else [])
-    text, md = report(results, found, sizes, command.strip(), args.quick, redis, args.store_url)
+    found = targets(results) + (client_targets(client) if client is not None else [])
+    found += redis_targets(redis) if redis is not None else []
+    text, md = report(
+        results, found, sizes, command.strip(), args.quick, redis, args.store_url, client
+    )
     print(text)
     print(f"\ntotal wall time {time.perf_counter() - started:.1f} s; wrote {out}")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -21,33 +21,20 @@ import asyncio
 import contextlib
 import json
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
+from .client_session import TERMINAL, ClientError, Session, Turn
+
 __all__ = ["TERMINAL", "Backoff", "Client", "ClientError", "Session", "Turn", "connect"]
 
-TERMINAL = frozenset({"agent.final_answer", "agent.error", "agent.timeout", "agent.interrupted"})
-# Errors the server answers a user.create_session with (they name no session).
 CREATE_ERRORS = frozenset(
     {"agent_not_found", "agent_required", "too_many_sessions", "server_draining", "rate_limited"}
 )
-# Errors after which a session is no longer this client's to use.
-_SESSION_GONE = frozenset(
-    {"session_not_found", "forbidden", "connection_lost", "offline", "unauthorized", "closed"}
-)
 _CLOSED = (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED)
-
-
-class ClientError(Exception):
-    """The server refused something (`code` is its error code), or the link is gone."""
-
-    def __init__(self, message: str, code: str, event: dict[str, Any] | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.event = event
 
 
 @dataclass(frozen=True)
@@ -63,148 +50,6 @@ class Backoff:
     def delay(self, attempt: int) -> float:
         ceiling = min(self.max_s, self.initial_s * self.factor**attempt)
         return ceiling * (1 - self.jitter * random.random())
-
-
-class Session:
-    """One agent session. Its events queue here until a turn (`send()`) or `events()` reads
-    them."""
-
-    def __init__(self, client: Client, session_id: str, agent: str | None) -> None:
-        self.client = client
-        self.id = session_id
-        self.agent = agent
-        self.last_seq = 0  # the highest seq delivered: duplicates are at or below it
-        self.acked_seq = 0
-        self.ended = False
-        self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(client.max_queued)
-        self._turn: Turn | None = None
-
-    def send(self, text: str, timeout_s: float | None = None) -> Turn:
-        """Send `text` as a user.message; iterate the result for this session's events until
-        the turn's terminal event (yielded too). A turn whose loop was left early is
-        cancelled by the next send(), which skips the rest of its events."""
-        return Turn(self, str(text), timeout_s or self.client.turn_timeout_s)
-
-    async def ask(self, text: str, timeout_s: float | None = None) -> str:
-        """Run one turn and return its final answer text; any other ending raises
-        ClientError with the event's code (`llm_error`, `timeout`, `interrupted`, ...)."""
-        async for event in self.send(text, timeout_s):
-            if event["event"] == "agent.final_answer":
-                return str(event.get("content") or "")
-            if event["event"] in TERMINAL:
-                code = (event.get("metadata") or {}).get("code") or event["event"].split(".")[1]
-                raise ClientError(str(event.get("content") or code), code, event)
-        raise ClientError("The turn ended without a terminal event.", "protocol")
-
-    async def respond(
-        self, step_id: str, approved: bool = True, feedback: str | None = None
-    ) -> None:
-        """Answer an agent.user_confirm."""
-        content: dict[str, Any] = {"approved": bool(approved)}
-        if feedback:
-            content["feedback"] = feedback
-        await self.client._send(
-            {
-                "event": "user.response",
-                "session_id": self.id,
-                "step_id": step_id,
-                "content": content,
-            }
-        )
-
-    async def cancel(self) -> None:
-        """Stop the running turn: it ends with agent.interrupted."""
-        await self.client._send({"event": "user.cancel", "session_id": self.id})
-
-    async def end(self) -> None:
-        """Close the session on the server; it answers agent.session_end."""
-        await self.client._send({"event": "user.end_session", "session_id": self.id})
-
-    async def events(self, idle_timeout_s: float | None = None) -> AsyncIterator[dict[str, Any]]:
-        """This session's events as they come, outside any turn (e.g. a turn another
-        connection runs in this session); ends after agent.session_end. `idle_timeout_s`
-        bounds the wait for each event."""
-        while not (self.ended and self._queue.empty()):
-            async with asyncio.timeout(idle_timeout_s):
-                event = await self._queue.get()
-            yield event
-
-    async def _deliver(self, event: dict[str, Any]) -> None:
-        if event["event"] == "agent.session_end":
-            self.ended = True
-        await self._queue.put(event)  # full: the reader waits for this session's reader
-
-
-class Turn:
-    """The events of one user.message, read with `async for`; the message goes out when
-    the loop starts."""
-
-    def __init__(self, session: Session, text: str, timeout_s: float) -> None:
-        self.session = session
-        self.text = text
-        self.timeout_s = timeout_s
-        self.done = False  # the terminal event was read
-        self._deadline: float | None = None
-        self._started = False  # an event with a seq arrived after the message went out
-
-    def __aiter__(self) -> Turn:
-        return self
-
-    async def __anext__(self) -> dict[str, Any]:
-        session = self.session
-        if self.done:
-            raise StopAsyncIteration
-        if self._deadline is None:
-            await self._begin()
-        while True:
-            try:
-                async with asyncio.timeout_at(self._deadline):
-                    event = await session._queue.get()
-            except TimeoutError:
-                raise ClientError(
-                    f"No terminal event within {self.timeout_s:g} s.", "timeout"
-                ) from None
-            name = event["event"]
-            if name == "system.error":
-                code = (event.get("metadata") or {}).get("code", "error")
-                if code == "rate_limited" and not self._started:
-                    await self._resend(event)
-                    continue
-                if not self._started or code in _SESSION_GONE:
-                    self.done = True
-                    raise ClientError(str(event.get("content")), code, event)
-            elif name == "agent.session_end":
-                self.done = True
-                raise ClientError(str(event.get("content")), "session_end", event)
-            if "seq" in event:
-                self._started = True
-            if name in TERMINAL:
-                self.done = True
-            return event
-
-    async def _begin(self) -> None:
-        """Finish (cancel, skip) an abandoned turn of this session, then send the message."""
-        session = self.session
-        if session.ended:
-            raise ClientError("The session has ended; create a new one.", "session_end")
-        previous, session._turn = session._turn, self
-        self._deadline = asyncio.get_running_loop().time() + self.timeout_s
-        if previous is not None and not previous.done:
-            with contextlib.suppress(ClientError):
-                await session.cancel()
-                async for _ in previous:
-                    pass
-        await session.client._send(
-            {"event": "user.message", "session_id": session.id, "content": self.text}
-        )
-
-    async def _resend(self, refusal: dict[str, Any]) -> None:
-        """rate_limited: wait as the server says, then send the message again."""
-        wait_ms = (refusal.get("metadata") or {}).get("retry_after_ms", 1000)
-        await asyncio.sleep(wait_ms / 1000)
-        await self.session.client._send(
-            {"event": "user.message", "session_id": self.session.id, "content": self.text}
-        )
 
 
 class Client:
@@ -223,6 +68,7 @@ class Client:
         turn_timeout_s: float = 600.0,
         max_queued: int = 100_000,
         heartbeat_s: float | None = 30.0,
+        on_state: Callable[[str], None] | None = None,
     ) -> None:
         self.url = url
         self.token = token
@@ -234,10 +80,12 @@ class Client:
         self.turn_timeout_s = turn_timeout_s
         self.max_queued = max_queued  # events per session not yet read: then backpressure
         self.heartbeat_s = heartbeat_s
+        # Called with each new state, in the reader's task: it must not block or raise.
+        self.on_state = on_state
         self.info: dict[str, Any] = {}  # system.connected metadata: agents, server_version...
         self.sessions: dict[str, Session] = {}
         self.reconnects = 0
-        self.state = "idle"  # connecting, connected, reconnecting, closed
+        self._state = "idle"
         self.error: ClientError | None = None  # why the client stopped, if it did
         self._http: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
@@ -247,6 +95,19 @@ class Client:
         self._creates: list[asyncio.Future[dict[str, Any]]] = []
         self._lists: list[asyncio.Future[list[dict[str, Any]]]] = []
         self._ack_due = asyncio.Event()
+
+    @property
+    def state(self) -> str:
+        """idle, connecting, connected, reconnecting or closed; on_state hears each change
+        (a front end shows "reconnecting…" with it)."""
+        return self._state
+
+    @state.setter
+    def state(self, value: str) -> None:
+        if value != self._state:
+            self._state = value
+            if self.on_state is not None:
+                self.on_state(value)
 
     @property
     def agents(self) -> list[str]:
@@ -345,6 +206,8 @@ class Client:
         self._ws = ws
         for session in self.sessions.values():
             await ws.send_str(json.dumps(self._reattach_frame(session)))
+            if session._turn is not None and (again := session._turn.relinked()) is not None:
+                await ws.send_str(json.dumps(again, ensure_ascii=False))
         self.state = "connected"
         self._connected.set()
 
@@ -406,8 +269,8 @@ class Client:
 
     def _stop(self, error: ClientError) -> bool:
         """The client gives up: every waiting reader gets the reason."""
+        self.error = error  # before the state, so that on_state("closed") can read it
         self.state = "closed"
-        self.error = error
         self._connected.set()  # senders wake, see "closed", and raise
         end = {"event": "system.error", "content": str(error), "metadata": {"code": error.code}}
         for session in self.sessions.values():
@@ -425,6 +288,7 @@ class Client:
                 self, sid, (event.get("content") or {}).get("agent")
             )
             session.last_seq = seq or 0
+            session.info = event.get("metadata") or {}
             self._ack_due.set()
             self._settle(self._creates, event)
             return

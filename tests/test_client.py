@@ -4,15 +4,17 @@ exactly once, in order, while a TCP proxy cuts the link again and again mid-turn
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import Any
 
 import pytest
 
+from bench.linkcut import LinkCutter
 from myagent import Model, ModelReply, create_react_agent
 from myagent_ws.client import TERMINAL, Backoff, ClientError, connect
 from myagent_ws.keys import SESSIONS
+from myagent_ws.redis_store import RedisStore
 from tests.agents import WaitTool, counting_agent, key, waiting_agent
+from tests.cluster import REDIS_URL, delete_keys, fresh_prefix, require_redis
 from tests.conftest import EXAMPLES, TOKENS
 
 BOOKING = str(EXAMPLES / "booking_agent.py")
@@ -34,43 +36,6 @@ class PacedModel(Model):
             await asyncio.sleep(self.pause_s)
             yield f"{i};"
         yield ModelReply(text="".join(f"{i};" for i in range(self.pieces)))
-
-
-class LinkCutter:
-    """A TCP proxy on loopback whose `cut()` aborts every link through it, as a dropped
-    network does: no close frame, no FIN to wait for."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.links: set[asyncio.StreamWriter] = set()
-        self.server: asyncio.Server | None = None
-
-    async def start(self) -> int:
-        self.server = await asyncio.start_server(self._link, "127.0.0.1", 0)
-        return self.server.sockets[0].getsockname()[1]
-
-    async def _link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        self.links |= {writer, up_writer}
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(ConnectionError, OSError):
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            dst.transport.abort()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-        self.links -= {writer, up_writer}
-
-    def cut(self) -> None:
-        for writer in tuple(self.links):
-            writer.transport.abort()
-
-    async def close(self) -> None:
-        self.cut()
-        assert self.server is not None
-        self.server.close()
 
 
 def url(server: Any) -> str:
@@ -203,3 +168,58 @@ async def test_token_auth(serve: Any) -> None:
     assert refused.value.code == "unauthorized"
     async with connect(url(server), token=TOKENS["alice"]) as client:
         assert await (await client.create_session()).ask("hi") == "1: hi"
+
+
+async def test_a_message_lost_with_the_link_is_sent_again_and_runs_once(serve: Any) -> None:
+    server = await serve(files=(), agents=(counting_agent(),))
+    cutter = LinkCutter(server.port)
+    port = await cutter.start()
+    try:
+        async with connect(f"ws://127.0.0.1:{port}/", backoff=FAST) as client:
+            session = await client.create_session()
+            assert await session.ask("one") == "1: one"
+            cutter.swallow = True  # "two" leaves the client and never reaches the server
+            turn = session.send("two")
+            first = asyncio.ensure_future(turn.__anext__())
+            await asyncio.sleep(0.2)
+            assert not first.done()
+            cutter.swallow = False
+            cutter.cut()
+            events = [await first] + [e async for e in turn]
+            assert events[-1]["event"] == "agent.final_answer"
+            assert events[-1]["content"] == "2: one | two"  # ran once, after the reconnect
+            assert client.reconnects == 1
+            assert await session.ask("three") == "3: one | two | three"
+    finally:
+        await cutter.close()
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["memory", "redis"])
+async def test_the_server_runs_a_repeated_message_id_once(
+    serve: Any, connect: Any, shared: bool
+) -> None:
+    store = None
+    if shared:
+        require_redis()
+        store = RedisStore(REDIS_URL, prefix := fresh_prefix())
+    try:
+        server = await serve(files=(), agents=(counting_agent(),), store=store)
+        ws = await connect(server)
+        sid = await ws.create_session()
+        message = {
+            "event": "user.message",
+            "session_id": sid,
+            "content": "hi",
+            "metadata": {"message_id": "m-1"},
+        }
+        await ws.send(message)
+        await ws.send(message)  # the client's resend after a dropped link
+        events = await ws.until_terminal(sid)
+        assert events[-1]["content"] == "1: hi"
+        message["metadata"] = {"message_id": "m-2"}
+        await ws.send(message)
+        events = await ws.until_terminal(sid)
+        assert events[-1]["content"] == "2: hi | hi"  # "m-1" ran once
+    finally:
+        if shared:
+            await delete_keys(prefix)
