@@ -37,6 +37,11 @@ def load_module(path: str | Path) -> Any:
         spec.loader.exec_module(module)
     except SyntaxError as exc:
         sys.modules.pop(name, None)
+        # The error may be in a module the file imports: name that one, not the file.
+        if exc.filename and Path(exc.filename).resolve() != resolved:
+            raise StartupError(
+                f"{exc.filename}:{exc.lineno}: syntax error: {exc.msg} (imported by {path})."
+            ) from exc
         raise StartupError(f"{path}:{exc.lineno}: syntax error: {exc.msg}.") from exc
     except Exception as exc:
         sys.modules.pop(name, None)

@@ -53,6 +53,11 @@ class AgentRegistry:
             )
         self.default_name = name
 
+    def replace(self, other: AgentRegistry) -> None:
+        """Serve `other`'s agents from now on (--reload), in one synchronous step: every
+        lookup sees the old set or the new one, never a mix."""
+        self.specs, self.default_name = dict(other.specs), other.default_name
+
     def names(self) -> list[str]:
         return list(self.specs)
 

@@ -26,6 +26,9 @@ class Settings:
     health_port: int | None = None
     # Tracebacks on errors; log every frame in and out.
     debug: bool = False
+    # For development: watch the agent files and the local modules they import, and
+    # reload the agents after an edit (their open sessions end with reason "reloaded").
+    reload: bool = False
 
     # LLM model name (also MYAGENT_MODEL); with neither a base URL nor an API key the
     # built-in offline model serves.

@@ -91,6 +91,7 @@ def run(monkeypatch: pytest.MonkeyPatch) -> Any:
         myagent_ws.app, "create_app", lambda settings, *_a, **_k: served.append(settings)
     )
     monkeypatch.setattr("aiohttp.web.run_app", lambda *_a, **_k: None)
+    monkeypatch.setattr("myagent_ws.reload.install", lambda *_a, **_k: "reload: on")
 
     def invoke(*args: str, env: dict[str, str] | None = None) -> tuple[Any, Settings | None]:
         result = CliRunner().invoke(cli, ["server", *args], env=env)
