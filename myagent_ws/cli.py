@@ -246,6 +246,10 @@ def server(
     if files_note:
         click.echo(files_note)
     app = create_app(settings, registry, pm=pm, model=llm, handle_signals=True)
+    if settings.reload:
+        from .reload import install as watch_for_edits
+
+        click.echo(watch_for_edits(app, files, pm, default_agent, debug=debug))
     try:
         loop = fast_event_loop(settings.event_loop)
     except StartupError as exc:
@@ -369,3 +373,24 @@ def plugins(debug: bool) -> None:
     except StartupError as exc:
         _fail(exc, debug)
     click.echo(json.dumps(plugin_report(pm), indent=2))
+
+
+@cli.command()
+@click.argument("url", default="ws://127.0.0.1:8080/")
+@click.option("--agent", metavar="NAME", help="The agent to talk to  [default: the server's]")
+@click.option(
+    "--token",
+    envvar="MYAGENT_WS_TOKEN",
+    show_envvar=True,
+    help="Bearer token, for a server with auth on (the variable keeps it off the command line).",
+)
+def chat(url: str, agent: str | None, token: str | None) -> None:
+    """Chat with an agent of the server at URL  [default: ws://127.0.0.1:8080/].
+
+    Answers stream in, tool calls show as one line each, a tool that asks first is
+    approved with y/n. Ctrl-C cancels the running turn, Ctrl-D or /quit exits; /agents
+    lists the agents, /new [NAME] starts a new session. A dropped link reconnects by itself
+    and the turn goes on. Piped input is read line by line."""
+    from .chat import main  # prompt_toolkit is loaded only for this command
+
+    sys.exit(main(url, agent, token))
