@@ -16,8 +16,10 @@ $(STAMP): setup.cfg setup.py $(addsuffix /pyproject.toml,$(PLUGINS))
 	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
 	$(BIN)/python -m pip install -q -e '.[test]'
 	$(BIN)/python -m pip install -q $(addprefix -e ,$(PLUGINS))
-	# The official AsyncAPI JSON Schemas, to validate /asyncapi.json in the tests.
-	npm install --silent --no-audit --no-fund --prefix $(VENV)/npm @asyncapi/specs@6.11.1
+	# The official AsyncAPI JSON Schemas, to validate /asyncapi.json in the tests, and the
+	# official AG-UI client, run against /agui/{agent} in the tests.
+	npm install --silent --no-audit --no-fund --prefix $(VENV)/npm @asyncapi/specs@6.11.1 \
+		@ag-ui/client@1.0.0
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -16,8 +16,8 @@ from aiohttp import WSCloseCode, web
 
 from myagent.llm import model_from_env
 
-from . import console, drain
-from .auth import SUBPROTOCOL, Auth
+from . import agui, agui_socket, console, drain
+from .auth import AGUI_SUBPROTOCOL, SUBPROTOCOL, Auth
 from .cluster import SharedSessions
 from .connection import Connection
 from .gate import Gate
@@ -90,6 +90,7 @@ def create_app(
     app.router.add_post("/auth/ticket", gate.ticket)
     app.router.add_route("OPTIONS", "/auth/ticket", gate.ticket_preflight)
     console.add_routes(app)
+    agui.add_routes(app)
     app.cleanup_ctx.append(_background_tasks)  # closes the store: set up first, so last
     if isinstance(app[STORE], RedisStore):
         app.cleanup_ctx.append(_cluster_node)
@@ -157,7 +158,7 @@ async def endpoint(request: web.Request) -> web.StreamResponse:
         heartbeat=settings.ws_ping_s or None,
         compress=settings.ws_compression,
         max_msg_size=settings.max_frame_bytes * settings.frame_ceiling_factor,
-        protocols=(SUBPROTOCOL,),
+        protocols=(SUBPROTOCOL, AGUI_SUBPROTOCOL),
     )
     gate = app[GATE]
     if (refused := gate.subprotocol_refusal(request)) is not None:
@@ -169,9 +170,14 @@ async def endpoint(request: web.Request) -> web.StreamResponse:
         return admission
     try:
         await ws.prepare(request)
-        connection = Connection(
-            ws, app[SESSIONS], app[PROTOCOL], settings, request.transport, admission.principal
-        )
+        if ws.ws_protocol == AGUI_SUBPROTOCOL:  # the AG-UI binding: its own reader
+            connection = agui_socket.Socket(
+                ws, app[agui.AGUI], app[PROTOCOL], settings, admission.principal
+            )
+        else:
+            connection = Connection(
+                ws, app[SESSIONS], app[PROTOCOL], settings, request.transport, admission.principal
+            )
         if settings.debug:
             log.debug("%s: from %s as %s", connection.id, admission.ip, admission.principal)
         app[CONNECTIONS].add(connection)

@@ -28,6 +28,9 @@ from .store import Store
 
 # The subprotocol the server selects; an offer may add `bearer.<token>` after it.
 SUBPROTOCOL = "myagent-ws"
+# The AG-UI binding of the same endpoint (docs/agui.md); `bearer.<token>` may go with it too.
+AGUI_SUBPROTOCOL = "ag-ui"
+SPOKEN = (SUBPROTOCOL, AGUI_SUBPROTOCOL)
 BEARER_PROTOCOL = "bearer."
 # Longest ticket or token looked at (a ticket is 43 characters).
 MAX_CREDENTIAL_LENGTH = 4096
@@ -177,9 +180,9 @@ def _protocols(request: web.Request) -> list[str]:
 
 
 def _offered(request: web.Request) -> str | None:
-    """The token of a `bearer.<token>` offer made beside `myagent-ws`, if any."""
+    """The token of a `bearer.<token>` offer made beside `myagent-ws` (or `ag-ui`), if any."""
     offers = _protocols(request)
-    if SUBPROTOCOL in offers:
+    if any(spoken in offers for spoken in SPOKEN):
         for offer in offers:
             if offer.startswith(BEARER_PROTOCOL):
                 return offer[len(BEARER_PROTOCOL) :]
@@ -187,7 +190,9 @@ def _offered(request: web.Request) -> str | None:
 
 
 def stray_bearer(request: web.Request) -> bool:
-    """Whether a `bearer.<token>` offer comes without `myagent-ws` (aiohttp would log
-    the offer, token and all, as protocols it does not speak)."""
+    """Whether a `bearer.<token>` offer comes without `myagent-ws` or `ag-ui` (aiohttp
+    would log the offer, token and all, as protocols it does not speak)."""
     offers = _protocols(request)
-    return SUBPROTOCOL not in offers and any(o.startswith(BEARER_PROTOCOL) for o in offers)
+    return not any(spoken in offers for spoken in SPOKEN) and any(
+        o.startswith(BEARER_PROTOCOL) for o in offers
+    )

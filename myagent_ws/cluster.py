@@ -72,6 +72,11 @@ class SharedSessions(SessionManager):
             session.tailing = True
             self.node.follow()
 
+    def follow(self, session: Session, connection: Reader, cursor: int) -> None:
+        """As SessionManager.follow; a session left untailed gets its log read again."""
+        super().follow(session, connection, cursor)
+        self._follow(session)
+
     async def reconnect(self, session_id: str, connection: Reader, last_seq: int) -> Session:
         """As SessionManager.reconnect, from the session's log in Redis. One await (the
         snapshot); everything after it is one synchronous step, so another reconnect or

@@ -249,6 +249,13 @@ class SessionManager:
         session.last_active = time.monotonic()
         session.emit(resumed_event(session, metadata))
 
+    def follow(self, session: Session, connection: Reader, cursor: int) -> None:
+        """Attach from `cursor` on, quietly: no agent.session_resumed and no re-asked
+        confirmation, for readers that keep their own place (the AG-UI adapter)."""
+        if connection not in session.connections:
+            self._check_room(connection)
+        self._attach(session, connection, cursor)
+
     def _attach(self, session: Session, connection: Reader, cursor: int) -> None:
         session.connections.add(connection)
         session.detached_since = None

@@ -1,0 +1,204 @@
+"""The `ag-ui` WebSocket binding (docs/agui.md): AG-UI has none yet (its issue 2105).
+
+A WebSocket at our endpoint that chooses the subprotocol `ag-ui` sends RunAgentInput
+frames to run, and our own user.reconnect and user.cancel; it gets AG-UI events, one per
+text frame, each with metadata {seq, part}: the session event it came from and its place
+among that event's AG-UI events. A resume sends everything after (last_seq, last_part)
+again, translated anew from the start of the run it belongs to. Only these connections
+translate: a myagent-ws connection never comes here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from ag_ui.core import BaseEvent, RunAgentInput, RunErrorEvent
+from aiohttp import WSCloseCode, WSMsgType, web
+from aiolimiter import AsyncLimiter
+
+from .agui import Adapter, Refused, Tail, nothing_to_run, parse_input
+from .agui_translate import Translator, run_started
+from .outbound import CLOSE_SLOW_CONSUMER
+from .protocol import Protocol, ProtocolError
+from .session import Session
+from .sessions import forbidden
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+ALL_PARTS = 1 << 30  # a resume without last_part had every part of last_seq
+
+
+class Socket(Tail):
+    """A WebSocket that chose the subprotocol `ag-ui`: RunAgentInput, user.reconnect and
+    user.cancel frames in; AG-UI events out, one per text frame (docs/agui.md)."""
+
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        adapter: Adapter,
+        protocol: Protocol,
+        settings: Settings,
+        principal: str | None,
+    ) -> None:
+        super().__init__(principal)
+        self.ws = ws
+        self.adapter = adapter
+        self.protocol = protocol
+        self.max_bytes = settings.max_frame_bytes
+        burst = settings.rate_limit_burst
+        self.limiter = AsyncLimiter(burst, burst / settings.rate_limit_per_s)
+        # Per session: its translator, and the position up to which the client has it.
+        self.states: dict[Session, tuple[Translator, tuple[int, int]]] = {}
+        self.lock = asyncio.Lock()  # one sender at a time; a resume waits for a batch
+        self.closing = False
+        self.pump: asyncio.Task[None] | None = None
+
+    def send(self, frame: bytes) -> None:
+        """Connection-level myagent-ws frames (the heartbeat, a reload's notice) are not
+        AG-UI: not sent. WebSocket pings keep the link alive."""
+
+    async def serve(self, agents: list[str]) -> None:
+        self.pump = asyncio.create_task(self._pump(), name=f"pump {self.id}")
+        try:
+            async for msg in self.ws:
+                if msg.type is WSMsgType.TEXT:
+                    await self._handle(msg.data)
+                elif msg.type is WSMsgType.BINARY:
+                    await self._error("unsupported_frame", "Send each frame as JSON text.")
+        finally:
+            self.adapter.sessions.detach(self)
+            await self.close()
+
+    async def close(self, code: int = WSCloseCode.OK, timeout_s: float = 5.0) -> None:
+        """Send what is owed (for timeout_s at most), then close."""
+        self.closing = True
+        self.wake.set()
+        if self.pump is not None and not self.pump.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(self.pump), timeout_s)
+            except TimeoutError:
+                self.pump.cancel()
+        if not self.ws.closed:
+            await self.ws.close(code=code)
+
+    async def _pump(self) -> None:
+        """Translate and send what the attached sessions add, in order."""
+        try:
+            while True:
+                self.wake.clear()
+                async with self.lock:
+                    for session, seq, event in self.take():
+                        state = self._state(session)
+                        if state is None:
+                            continue
+                        translator, mark = state
+                        for agui in translator.feed(seq, event):
+                            if (seq, agui.metadata["part"]) > mark:
+                                await self.ws.send_str(agui.model_dump_json(by_alias=True))
+                    for ended in [s for s in self.states if s not in self.cursors]:
+                        del self.states[ended]
+                if self.lost:
+                    why = b"too slow: reconnect"
+                    await asyncio.wait_for(self.ws.close(code=CLOSE_SLOW_CONSUMER, message=why), 2)
+                    return
+                if self.closing:
+                    return
+                await self.wake.wait()
+        except (ConnectionError, TimeoutError):
+            return
+
+    def _state(self, session: Session) -> tuple[Translator, tuple[int, int]] | None:
+        state = self.states.get(session)
+        if state is None and (thread := self.adapter.by_session.get(session.id)) is not None:
+            state = self.states[session] = (Translator(thread, positions=True), (0, 0))
+        return state
+
+    async def _handle(self, data: str) -> None:
+        try:
+            if not self.limiter.has_capacity():
+                raise Refused("rate_limited", "Too many frames; wait a moment and send again.")
+            await self.limiter.acquire()
+            if len(data) > self.max_bytes or len(data.encode("utf-8", "replace")) > self.max_bytes:
+                raise Refused("message_too_large", f"Frames are {self.max_bytes} bytes at most.")
+            try:
+                raw = json.loads(data)
+            except (ValueError, RecursionError):
+                raise Refused("invalid_json", "Frames are JSON: a RunAgentInput, mostly.") from None
+            if isinstance(raw, dict) and "event" in raw:
+                await self._ours(self.protocol.decode(data))
+            else:
+                await self._run(parse_input(data))
+        except (Refused, ProtocolError) as exc:
+            await self._error(exc.code, exc.message)
+        except Exception:
+            log.exception("ag-ui connection %s: handling a frame failed", self.id)
+            await self._error("internal_error", "The server failed to handle that frame.")
+
+    async def _run(self, data: RunAgentInput) -> None:
+        props = data.forwarded_props
+        name = props.get("agent") if isinstance(props, dict) else None
+        try:
+            if name is not None and not isinstance(name, str):
+                raise Refused("invalid_input", "forwardedProps.agent is an agent's name.")
+            agent = self.adapter.agent(name)
+            _, run = await self.adapter.start(self.principal, agent, data, self)
+        except Refused as exc:
+            await self._reply(
+                [
+                    run_started(data.thread_id, data.run_id),
+                    RunErrorEvent(message=exc.message, code=exc.code),
+                ]
+            )
+            return
+        if run is None:  # its events come through the pump otherwise
+            await self._reply([run_started(data.thread_id, data.run_id), nothing_to_run(data)])
+
+    async def _ours(self, message: dict[str, Any]) -> None:
+        """user.reconnect and user.cancel, as in our own protocol."""
+        if message["event"] == "user.cancel":
+            session = self.adapter.sessions.get(message["session_id"], self)
+            await session.cancel("the turn was cancelled.")
+        elif message["event"] == "user.reconnect":
+            await self._resume(message["session_id"], message.get("content") or {})
+        else:
+            raise Refused(
+                "unknown_event", "On ag-ui, send a RunAgentInput, user.reconnect or user.cancel."
+            )
+
+    async def _resume(self, session_id: str, content: dict[str, Any]) -> None:
+        """Send the thread's events after (last_seq, last_part) again, then live ones:
+        translated again from the start of the run they belong to."""
+        last_seq, last_part = content.get("last_seq", 0), content.get("last_part", ALL_PARTS)
+        if type(last_part) is not int or last_part < 0:
+            raise Refused("schema_violation", "content.last_part is an integer, 0 or more.")
+        sessions = self.adapter.sessions
+        session = sessions.sessions.get(session_id)
+        thread = self.adapter.by_session.get(session_id)
+        if session is None or session.closed or thread is None:
+            raise Refused("session_not_found", "That thread's session ended; start a new run.")
+        if session.owner != self.principal:
+            raise forbidden(session_id)
+        before = [run.after for run in thread.runs if run.after <= last_seq]
+        start = before[-1] if before else min((r.after for r in thread.runs), default=session.seq)
+        gap = start < session.buffer.first_seq - 1
+        async with self.lock:
+            sessions.follow(session, self, session.seq if gap else start)
+            self.states[session] = (Translator(thread, positions=True), (last_seq, last_part))
+        if gap:
+            await self._error("replay_gap", f"Events after seq {last_seq} are no longer kept.")
+
+    async def _error(self, code: str, message: str) -> None:
+        await self._reply([RunErrorEvent(message=message, code=code)])
+
+    async def _reply(self, events: list[BaseEvent]) -> None:
+        """Answers to the client's own frames: not session events, so no seq."""
+        async with self.lock:
+            try:
+                for event in events:
+                    await self.ws.send_str(event.model_dump_json(by_alias=True))
+            except ConnectionError:
+                pass
