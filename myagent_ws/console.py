@@ -81,10 +81,14 @@ async def schema(request: web.Request) -> web.Response:
 
 async def index(request: web.Request) -> web.Response:
     """The web console: a page that talks to this same URL over WebSocket."""
+    registry = request.app[REGISTRY]
+    names = registry.names()
     context = {
         "version": __version__,
         "protocol_version": PROTOCOL_VERSION,
-        "agents": request.app[REGISTRY].describe(),
+        "agents": registry.describe(),
+        # Who a session started without a name gets: the page's first message goes there.
+        "default_agent": registry.default_name or (names[0] if len(names) == 1 else None),
         # With auth on, the page asks for a token and trades it for a ticket per connection.
         "auth_required": request.app[GATE].auth.enabled,
     }

@@ -7,7 +7,7 @@ import asyncio
 import json
 import re
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -37,14 +37,9 @@ BEIJING = "北京今天天气怎么样？"
 expect.set_options(timeout=10_000)
 
 
-@asynccontextmanager
-async def browser(server: Any) -> AsyncIterator[tuple[Page, list[str]]]:
-    """A fresh Chromium page on the console, and the problems seen while it ran: console
-    errors, page errors, failed requests, non-2xx responses, any request off loopback."""
-    assert CHROMIUM_FOUND, (
-        f"{CHROMIUM} is missing: install Debian's chromium package (CI's .ci/run does)"
-    )
-    problems: list[str] = []
+def watch(page: Page, problems: list[str]) -> None:
+    """Collects a page's problems: console errors, page errors, failed requests, non-2xx
+    responses, any request off loopback."""
 
     def on_request(request: Any) -> None:
         host = urlsplit(request.url).hostname
@@ -56,19 +51,38 @@ async def browser(server: Any) -> AsyncIterator[tuple[Page, list[str]]]:
         if not (200 <= response.status < 300 or response.status == 304):
             problems.append(f"HTTP {response.status}: {response.url}")
 
+    page.on("console", lambda m: m.type == "error" and problems.append(m.text))
+    page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+    page.on("requestfailed", lambda r: problems.append(f"failed: {r.url} {r.failure}"))
+    page.on("request", on_request)
+    page.on("response", on_response)
+
+
+@asynccontextmanager
+async def browser(
+    server: Any,
+    setup: Callable[[Page], Awaitable[None]] | None = None,
+    connected: bool = True,
+) -> AsyncIterator[tuple[Page, list[str]]]:
+    """A fresh Chromium page on the console (once it is connected, unless `connected` is
+    False), and the problems seen while it ran (see watch). `setup(page)` runs before the
+    page is opened (e.g. to route its WebSocket)."""
+    assert CHROMIUM_FOUND, (
+        f"{CHROMIUM} is missing: install Debian's chromium package (CI's .ci/run does)"
+    )
+    problems: list[str] = []
     async with async_playwright() as pw:
         chromium = await pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
         try:
             page = await chromium.new_page(viewport={"width": 1280, "height": 800})
-            page.on("console", lambda m: m.type == "error" and problems.append(m.text))
-            page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
-            page.on("requestfailed", lambda r: problems.append(f"failed: {r.url} {r.failure}"))
-            page.on("request", on_request)
-            page.on("response", on_response)
+            watch(page, problems)
+            if setup is not None:
+                await setup(page)
             await page.goto(str(server.make_url("/")))
-            await expect(page.get_by_test_id("conn-state")).to_have_attribute(
-                "data-state", "connected"
-            )
+            if connected:
+                await expect(page.get_by_test_id("conn-state")).to_have_attribute(
+                    "data-state", "connected"
+                )
             yield page, problems
         finally:
             await chromium.close()
@@ -180,13 +194,15 @@ async def test_reload_reattaches_the_session_and_a_new_one_works(serve: Any) -> 
         await final_answer(panel, "25°C")
         await page.reload()
         await expect(page.get_by_test_id("conn-state")).to_have_attribute("data-state", "connected")
-        # The session is kept in sessionStorage and re-attached; what the page had already
-        # acknowledged is no longer buffered on the server, and the note says so.
+        # The session is kept in sessionStorage and re-attached; the server replays all it
+        # holds (the console does not ack), so the transcript comes back whole.
         tabs = page.get_by_test_id("session-tab")
         await expect(tabs).to_have_count(1)
         await expect(tabs).to_have_attribute("data-session-id", sid)
         kept = page.locator(f'[data-testid="session-panel"][data-session-id="{sid}"]')
         await expect(kept.get_by_test_id("notice").last).to_contain_text("page reloaded")
+        await expect(kept.get_by_test_id("tool-name")).to_have_text("get_weather")
+        await final_answer(kept, "25°C")
         await expect(kept.get_by_test_id("send")).to_be_enabled()
         panel = await start_session(page)
         await send(panel, "What's the weather in London?")
@@ -417,10 +433,11 @@ async def test_confirm_reject_with_feedback_books_nothing(serve: Any) -> None:
 async def test_reload_while_a_confirmation_waits_asks_again_once(serve: Any, acked: bool) -> None:
     server = await serve(files=(BOOKING,))
     async with browser(server) as (page, problems):
-        if not acked:
-            # As if the page reloads before its next user.ack: the server still buffers the
-            # question, so it is replayed and then asked again, with the same step_id.
-            await page.evaluate("() => { myagentConsole.client._flushAcks = () => {}; }")
+        if acked:
+            # The console does not ack (the server keeps the history for its replays), but
+            # a client that does lets the server drop the question's events: after the
+            # reload it is only asked again, its tool card drawn from the question.
+            await page.evaluate("() => { myagentConsole.client.ack = true; }")
         panel, sid, dialog = await ask_to_book(page)
         step = await dialog.get_attribute("data-step-id")
         assert step

@@ -185,6 +185,7 @@ export class Confirmations {
     let card = this.cards.get(key);
     if (card) {
       card.update(event);
+      this.session.mark(card.card);
     } else {
       card = new ConfirmCard(event, this.session);
       this.cards.set(key, card);

@@ -2,9 +2,11 @@
 // list, global log) to MyAgentClient and keeps the app state: agents, session views and
 // which one is shown. A session is drawn by session-view.js (its turns by turn-view.js),
 // the tool-call approval dialog by confirm-dialog.js. The open sessions are kept in
-// sessionStorage (session-store.js), so a reload re-attaches them. On a server with auth
-// the page asks for a token first (see "sign-in" below). Agent text only ever reaches the
-// page as text nodes or through markdown.js.
+// sessionStorage (session-store.js), so a reload, or a tab opened from this one, re-attaches
+// them and rebuilds their transcripts from the server's replay. With no session yet, the
+// first message typed starts one (see "quick start"). On a server with auth the page asks
+// for a token first (see "sign-in" below). Agent text only ever reaches the page as text
+// nodes or through markdown.js.
 
 import { MyAgentClient } from "./myagent-client.js";
 import { ConfirmDialog } from "./confirm-dialog.js";
@@ -21,6 +23,9 @@ const ui = {
   agentForm: testid("agent-form"),
   agentList: testid("agent-list"),
   start: testid("start-session"),
+  quickForm: testid("start-form"),
+  quickInput: testid("start-composer"),
+  quickHint: testid("start-hint"),
   sessionList: testid("session-list"),
   noSessions: testid("no-sessions"),
   globalLog: testid("global-log"),
@@ -41,7 +46,10 @@ let activeId = null;
 let starting = false;
 
 const authRequired = initial.auth_required === true;
-const client = new MyAgentClient(); // with auth: client.token is set once the page has one
+// No acks: the server then keeps a session's events up to its replay bounds, so a reload
+// or a second tab can rebuild whole transcripts (what the bounds drop is said as a gap).
+// With auth, client.token is set once the page has one.
+const client = new MyAgentClient({ ack: false });
 window.myagentConsole = { client, views };
 
 const connected = () => client.state === "connected";
@@ -125,13 +133,16 @@ function showState({ state, delayMs, attempt }) {
   ui.connLabel.textContent = labels[state] || "Reconnecting…";
   ui.retry.hidden = !(state === "reconnecting" || state === "offline");
   if (state === "reconnecting" && typeof delayMs === "number") {
+    // The client waits delayMs before its next attempt: count down to it.
     retryDeadline = Date.now() + delayMs;
     const tick = () => {
       const left = Math.max(0, Math.ceil((retryDeadline - Date.now()) / 1000));
-      ui.connLabel.textContent = left > 0 ? `Reconnecting in ${left} s (attempt ${attempt})…` : "Reconnecting…";
+      ui.connLabel.textContent =
+        left > 0 ? `Reconnecting… retrying in ${left} s (attempt ${attempt})` : `Reconnecting… trying now (attempt ${attempt})`;
+      if (!left) clearInterval(retryTicker);
     };
     tick();
-    retryTicker = setInterval(tick, 500);
+    retryTicker = setInterval(tick, 250);
   }
   if (state !== "connected") ui.connectionId.textContent = "";
   updateControls();
@@ -142,10 +153,12 @@ function onConnected(event) {
   ui.connectionId.textContent = meta.connection_id ? ` · ${meta.connection_id}` : "";
   agentNamesChanged(meta.agents);
   client.listAgents().then(updateAgents, () => {});
+  if (quickText !== null) quickStart(); // typed before the connection was up
 }
 
 function updateControls() {
   ui.start.disabled = !connected() || starting || !selectedAgent();
+  updateQuickStart();
   for (const view of views.values()) view.updateControls();
 }
 
@@ -177,6 +190,57 @@ function ensureView(id, agentName, options) {
     persist();
   }
   return view;
+}
+
+// -- quick start: the first message starts a session ---------------------------------------
+
+// What was typed before the connection was up; sent once it is (null: nothing waits).
+let quickText = null;
+
+/** The agent the first message goes to: the one picked on the left, which starts out as
+ * the server's default agent. */
+function quickAgent() {
+  return selectedAgent();
+}
+
+function updateQuickStart() {
+  const name = quickAgent();
+  ui.quickInput.disabled = !name;
+  ui.quickInput.placeholder = name ? `Message ${name}…` : "No agents are served.";
+  ui.quickInput.setAttribute("aria-label", name ? `First message to ${name}` : "First message");
+  ui.quickHint.textContent =
+    quickText !== null
+      ? "Sends as soon as the connection is up…"
+      : name
+        ? `Enter starts a session with ${name} and sends · Shift+Enter adds a line`
+        : "";
+}
+
+/** Starts a session with the picked agent and sends the typed text as its first turn. */
+async function quickStart() {
+  const text = quickText ?? ui.quickInput.value;
+  const name = quickAgent();
+  if (!text.trim() || !name || starting) return;
+  if (!connected()) {
+    quickText = text; // onConnected() comes back here
+    updateQuickStart();
+    return;
+  }
+  quickText = null;
+  starting = true;
+  updateControls();
+  try {
+    // The server's default agent is asked for by no name, as any client would.
+    const id = await client.createSession(name === initial.default_agent ? undefined : name);
+    const view = ensureView(id, name);
+    activate(id);
+    if (view.sendText(text) && ui.quickInput.value === text) ui.quickInput.value = "";
+  } catch (error) {
+    if (!error.event) logGlobal("error", "Could not start a session", error.code, error.message);
+  } finally {
+    starting = false;
+    updateControls();
+  }
 }
 
 function activate(id) {
@@ -214,10 +278,22 @@ function removeView(view) {
 // has it. Until then they stay kept, in case the page reloads again meanwhile.
 const saved = loadSessions();
 const restoring = new Map(saved.sessions.map((s) => [s.id, s]));
+// A reload, or a page opened with this tab's sessionStorage (window.open, Duplicate).
+const restoredAs = performance.getEntriesByType?.("navigation")[0]?.type === "reload" ? "reload" : "open";
 
-/** Keeps the open sessions and the shown one; called whenever either changes. */
+// lastSeq changes with every event: it is written at most once a second, and at pagehide.
+let persistTimer = null;
+function persistSoon() {
+  persistTimer ??= setTimeout(persist, 1000);
+}
+
+/** Keeps the open sessions (id, agent, the highest seq shown) and the shown one. */
 function persist() {
-  const open = [...views.values()].filter((view) => !view.ended).map((view) => ({ id: view.id, agent: view.agent }));
+  clearTimeout(persistTimer);
+  persistTimer = null;
+  const open = [...views.values()]
+    .filter((view) => !view.ended)
+    .map((view) => ({ id: view.id, agent: view.agent, lastSeq: Math.max(view.knownSeq, client.lastSeq(view.id)) }));
   saveSessions([...open, ...restoring.values()], activeId ?? saved.active);
 }
 
@@ -231,14 +307,16 @@ function restoreView(event) {
     persist();
     return null;
   }
-  const view = ensureView(kept.id, kept.agent ?? event.content?.agent, { restored: true });
+  const options = { restored: restoredAs, knownSeq: kept.lastSeq };
+  const view = ensureView(kept.id, kept.agent ?? event.content?.agent, options);
   if (!activeId || kept.id === saved.active) activate(kept.id);
   return view;
 }
 
 // Re-attach from seq 0: the reloaded page has no transcript, so the server replays all it
-// still buffers, then sends agent.session_resumed and asks again what still waits.
-for (const kept of saved.sessions) client.attach(kept.id, { agent: kept.agent });
+// still buffers, then sends agent.session_resumed and asks again what still waits. The kept
+// lastSeq says which of those events the page had shown before.
+for (const kept of saved.sessions) client.attach(kept.id, { agent: kept.agent, knownSeq: kept.lastSeq });
 
 // -- sign-in (servers with auth) ----------------------------------------------------------------
 
@@ -302,6 +380,7 @@ if (authRequired) {
     client.close();
     keepToken(null);
     restoring.clear();
+    views.clear(); // so that pagehide's persist() keeps nothing either
     saveSessions([], null);
     location.reload();
   });
@@ -325,8 +404,8 @@ client.on("event", (event) => {
     case "system.heartbeat":
       return;
     case "agent.session_created":
-      ensureView(sid, event.content?.agent ?? event.metadata?.agent).created(event);
-      return;
+      ensureView(sid, event.content?.agent ?? event.metadata?.agent);
+      break;
     default:
   }
   const view = sid ? views.get(sid) : null;
@@ -334,6 +413,7 @@ client.on("event", (event) => {
     const ended = view.ended;
     view.handle(event);
     if (view.ended !== ended) persist(); // a reload need not re-attach it
+    else persistSoon(); // its lastSeq moved
   } else if (event.event === "system.error") {
     const meta = event.metadata || {};
     logGlobal("error", "The server refused a request", meta.code, event.content, errorDetails(event));
@@ -342,7 +422,20 @@ client.on("event", (event) => {
   }
 });
 
+// The end of this page's own replay of a session (not another tab's re-attach).
+client.on("resumed", (event) => views.get(event.session_id)?.resumed(event));
+
 ui.agentForm.addEventListener("change", updateControls);
+ui.quickInput.addEventListener("keydown", (e) => {
+  if (e.key === "Enter" && !e.shiftKey && !e.isComposing && e.keyCode !== 229) {
+    e.preventDefault();
+    quickStart();
+  }
+});
+ui.quickForm.addEventListener("submit", (e) => {
+  e.preventDefault();
+  quickStart();
+});
 ui.agentList.addEventListener("dblclick", (e) => {
   if (e.target.closest(".agent-card") && !ui.start.disabled) ui.agentForm.requestSubmit();
 });
@@ -369,9 +462,12 @@ ui.retry.addEventListener("click", () => {
   if (client.state === "offline" && mayConnect()) client.connect().catch(() => {});
   else client.retryNow();
 });
-// Leaving the page closes the socket (the server keeps the sessions for a while); coming
-// back from the back/forward cache re-attaches them.
-window.addEventListener("pagehide", () => client.close());
+// Leaving the page keeps each session's lastSeq and closes the socket (the server keeps the
+// sessions for a while); coming back from the back/forward cache re-attaches them.
+window.addEventListener("pagehide", () => {
+  persist();
+  client.close();
+});
 window.addEventListener("pageshow", (e) => {
   if (e.persisted && mayConnect()) client.connect().catch(() => {});
 });

@@ -38,6 +38,13 @@
  *                  `jitter` is taken off, so many clients do not retry in step.
  *   maxAttempts    Give up (state "offline") after this many failed retries (default: never).
  *   ackIntervalMs  At most one `user.ack` per session per this many ms (default 500).
+ *   ack            Send `user.ack` at all (default true; also a property). An ack lets the
+ *                  server drop what was acknowledged from its replay buffer, so a later
+ *                  attach from seq 0 (a reloaded page, a second tab) gets only what came
+ *                  after it. With `ack: false` the server's own bounds (`replay_buffer`,
+ *                  `replay_buffer_bytes`, kept compressed) decide how much history it keeps
+ *                  for a replay; what they no longer hold is named in `replay_gap`. The web
+ *                  console uses `ack: false` to rebuild whole transcripts after a reload.
  *   requestTimeoutMs  createSession() / listAgents() reject after this long, and a ticket
  *                  that has not come after this long counts as a failed attempt (default 15000).
  *   onEvent        Called with every server event (a parsed object).
@@ -57,15 +64,21 @@
  *   cancel(sessionId)                        user.cancel: stop the running turn
  *   respond(sessionId, stepId, approved, feedback?)   user.response to agent.user_confirm
  *   endSession(sessionId)                    user.end_session
- *   attach(sessionId, {agent?, lastSeq = 0}) adopt a session this client did not create
+ *   attach(sessionId, {agent?, lastSeq = 0, knownSeq = 0})
+ *                                            adopt a session this client did not create
  *                                            (e.g. one a reloaded page kept): it is tracked
  *                                            like a created one and re-attached with
  *                                            user.reconnect from lastSeq now if connected,
- *                                            else once the connection is up (see below)
+ *                                            else once the connection is up (see below).
+ *                                            knownSeq: the highest seq the caller knows the
+ *                                            session reached (what the page showed before it
+ *                                            reloaded); it tells this replay's own
+ *                                            agent.session_resumed from older ones
  *   on(type, fn) -> unsubscribe function     fn(detail); see "Events" below
  *   lastSeq(sessionId) -> highest seq received for the session (0 if none)
- *   replaying(sessionId) -> true from its user.reconnect until its agent.session_resumed:
- *                                            the events in between are a replay
+ *   replaying(sessionId) -> true from its user.reconnect until the agent.session_resumed
+ *                                            that answers it: the events in between are a
+ *                                            replay
  * The fire-and-forget methods (send, cancel, respond, endSession) throw an Error with
  * code "not_connected" when the socket is not connected; the promise methods reject.
  *
@@ -75,7 +88,7 @@
  * "forbidden_origin" when the ticket endpoint answered 403; null once connected),
  * info (metadata of the last system.connected), agents (names from system.connected),
  * agentDetails (the last system.agents content), sessions (Map id -> {id, agent, lastSeq,
- * replaying}).
+ * knownSeq, replaying}).
  *
  * Events (the client is an EventTarget; listeners get a CustomEvent whose `detail` is the
  * payload, `on()` passes the payload directly):
@@ -83,7 +96,15 @@
  *   "<event name>"     the same, by name, e.g. "agent.final_answer", "system.error"
  *   "state"            {state, previous, attempt, delayMs, error}: `error` is why the
  *                      attempt failed when the client knows it (no ticket: an Error with
- *                      `.code` such as "unauthorized" or "network_error"), else absent
+ *                      `.code` such as "unauthorized" or "network_error"), else absent.
+ *                      "reconnecting" carries `delayMs` when a retry is scheduled: the
+ *                      next attempt starts that many ms later (retryNow() starts it now)
+ *   "resumed"          the agent.session_resumed that answers this client's own
+ *                      user.reconnect, right after its "event": the replay is over and
+ *                      replaying(sid) is false. The server sends every resumed of a session
+ *                      to every connection attached to it and keeps them in its replay
+ *                      buffer, so "agent.session_resumed" also fires for other tabs'
+ *                      re-attaches and for older ones replayed; this one does not
  *   "frame-error"      {error, data}: a frame that was not JSON (should never happen)
  *
  * Reconnecting: after an unexpected close the client waits (backoff above), opens a new
@@ -91,7 +112,11 @@
  * `content.last_seq` for every session it knows (created, or adopted with attach()). The
  * server replays the events the client missed, in order, then answers
  * `agent.session_resumed`; a confirmation still waiting for an answer is sent again after
- * it (same step_id, new seq). Every session event carries a per-session `seq`; the client
+ * it (same step_id, new seq). Which resumed is the answer: the one whose
+ * `metadata.replayed` equals the events that came since the user.reconnect, whose
+ * `metadata.last_seq` is the one sent, and whose seq is above `knownSeq` (or, from a server
+ * that names it, whose `metadata.connection_id` is this connection's). Every session event
+ * carries a per-session `seq`; the client
  * keeps the highest one seen per session and drops any event with a seq at or below it, so
  * a replay never delivers an event twice. It acknowledges what it has with `user.ack`
  * (`content.last_seq`) at most every `ackIntervalMs`, so the server can trim its replay
@@ -157,6 +182,7 @@ export class MyAgentClient extends EventTarget {
     this.backoff = { ...DEFAULT_BACKOFF, ...(options.backoff || {}) };
     this.maxAttempts = options.maxAttempts ?? Infinity;
     this.ackIntervalMs = options.ackIntervalMs ?? 500;
+    this.ack = options.ack ?? true;
     this.requestTimeoutMs = options.requestTimeoutMs ?? 15000;
     this.onEvent = options.onEvent ?? null;
     this.onStateChange = options.onStateChange ?? null;
@@ -391,9 +417,14 @@ export class MyAgentClient extends EventTarget {
       return;
     }
     const sid = event.session_id;
-    if (sid && Number.isInteger(event.seq) && !this._accept(sid, event)) return;
+    const verdict = sid && Number.isInteger(event.seq) ? this._accept(sid, event) : null;
+    if (verdict === "duplicate") return;
     this._deliver(event);
-    this._afterDelivery(event);
+    if (verdict === "resumed") {
+      this.sessions.get(sid).replaying = false;
+      this.dispatchEvent(new CustomEvent("resumed", { detail: event }));
+    }
+    this._afterDelivery(event, verdict);
   }
 
   _onConnected(event) {
@@ -412,24 +443,51 @@ export class MyAgentClient extends EventTarget {
 
   /** user.reconnect from the session's last seq: the server replays what came after it. */
   _reattach(session) {
-    session.replaying = true; // until its agent.session_resumed
+    session.replaying = true; // until the agent.session_resumed that answers this
+    session.replayFrom = session.lastSeq;
+    session.replayCount = 0; // session events since the user.reconnect
+    session.knownSeq = Math.max(session.knownSeq ?? 0, session.lastSeq);
     this._send({ event: "user.reconnect", session_id: session.id, content: { last_seq: session.lastSeq } });
   }
 
-  /** Seq bookkeeping for one session event; false drops it (a duplicate). */
+  /**
+   * Whether an agent.session_resumed that came during a replay answers this client's own
+   * user.reconnect. The server keeps every resumed in its replay buffer and sends it to
+   * every attached connection, so a replay from seq 0 holds those of earlier re-attaches
+   * (a reload before, another tab): each looks like an answer to one made from the same
+   * point, so one the caller knew of before (seq <= knownSeq) is not this one.
+   */
+  _answersReattach(session, event) {
+    const meta = event.metadata || {};
+    if (meta.connection_id !== undefined) return meta.connection_id === this.info?.connection_id;
+    if (event.seq <= session.knownSeq) return false;
+    if (Number.isInteger(meta.replayed) && meta.replayed !== session.replayCount) return false;
+    return !(Number.isInteger(meta.last_seq) && meta.last_seq > session.replayFrom);
+  }
+
+  /**
+   * Seq bookkeeping for one session event: "duplicate" (dropped), "created" (a session
+   * this client did not know until now), "resumed" (the end of its replay) or "ok".
+   */
   _accept(sid, event) {
     let session = this.sessions.get(sid);
+    let verdict = "ok";
     if (!session) {
-      if (event.event !== "agent.session_created") return true; // not ours to track
-      session = { id: sid, agent: event.content?.agent ?? event.metadata?.agent, lastSeq: 0, ackedSeq: 0 };
+      if (event.event !== "agent.session_created") return verdict; // not ours to track
+      session = { id: sid, agent: event.content?.agent ?? event.metadata?.agent, lastSeq: 0, ackedSeq: 0, knownSeq: 0 };
       this.sessions.set(sid, session);
+      verdict = "created";
+    }
+    if (session.replaying) {
+      if (event.event === "agent.session_resumed" && this._answersReattach(session, event)) verdict = "resumed";
+      else session.replayCount += 1;
     }
     // The server replays missed events in seq order before agent.session_resumed, so
     // anything at or below the highest seq seen is a duplicate.
-    if (event.seq <= session.lastSeq) return false;
+    if (event.seq <= session.lastSeq) return "duplicate";
     session.lastSeq = event.seq;
     this._scheduleAck();
-    return true;
+    return verdict;
   }
 
   _deliver(event) {
@@ -443,21 +501,19 @@ export class MyAgentClient extends EventTarget {
     this.dispatchEvent(new CustomEvent(event.event, { detail: event }));
   }
 
-  _afterDelivery(event) {
+  _afterDelivery(event, verdict) {
     const sid = event.session_id;
     const code = event.metadata?.code;
     switch (event.event) {
       case "agent.session_created":
-        // Replies come in request order; a replayed one was dropped as a duplicate.
-        if (this._creates.length) this._settle(this._creates, (p) => p.resolve(sid));
+        // Replies come in request order. A replayed one (of a session attached from seq 0,
+        // e.g. after a reload) is not an answer: the session was known before it.
+        if (verdict === "created" && this._creates.length) this._settle(this._creates, (p) => p.resolve(sid));
         break;
       case "system.agents":
         this.agentDetails = Array.isArray(event.content) ? event.content : [];
         for (const pending of this._lists.splice(0)) pending.resolve(this.agentDetails);
         this._clearTimers(this._lists);
-        break;
-      case "agent.session_resumed":
-        if (this.sessions.has(sid)) this.sessions.get(sid).replaying = false;
         break;
       case "agent.session_end":
         this.sessions.delete(sid);
@@ -478,7 +534,7 @@ export class MyAgentClient extends EventTarget {
   // -- acks -----------------------------------------------------------------------------
 
   _scheduleAck() {
-    if (this._ackTimer || this.state !== "connected") return;
+    if (!this.ack || this._ackTimer || this.state !== "connected") return;
     this._ackTimer = setTimeout(() => {
       this._ackTimer = null;
       this._flushAcks();
@@ -486,6 +542,7 @@ export class MyAgentClient extends EventTarget {
   }
 
   _flushAcks() {
+    if (!this.ack) return;
     for (const session of this.sessions.values()) {
       if (session.lastSeq > session.ackedSeq && this._isOpen()) {
         this._send({ event: "user.ack", session_id: session.id, content: { last_seq: session.lastSeq } });
@@ -588,13 +645,15 @@ export class MyAgentClient extends EventTarget {
   /**
    * Adopts a session by id, e.g. one a page kept across a reload. From lastSeq 0 the server
    * replays every event it still buffers for it; events it no longer holds are named in
-   * agent.session_resumed metadata.replay_gap. A session the server no longer has answers
-   * system.error "session_not_found" and is forgotten, like any other. Attaching a session
-   * that is already known does nothing.
+   * agent.session_resumed metadata.replay_gap. knownSeq (e.g. the lastSeq the page kept)
+   * marks the events the caller had seen before: an agent.session_resumed among them is an
+   * older re-attach's, not the end of this replay. A session the server no longer has
+   * answers system.error "session_not_found" and is forgotten, like any other. Attaching a
+   * session that is already known does nothing.
    */
-  attach(sessionId, { agent, lastSeq = 0 } = {}) {
+  attach(sessionId, { agent, lastSeq = 0, knownSeq = 0 } = {}) {
     if (this.sessions.has(sessionId)) return;
-    const session = { id: sessionId, agent, lastSeq, ackedSeq: lastSeq };
+    const session = { id: sessionId, agent, lastSeq, ackedSeq: lastSeq, knownSeq: Math.max(lastSeq, knownSeq) };
     this.sessions.set(sessionId, session);
     // Not connected yet: _onConnected re-attaches every known session, this one included.
     if (this.state === "connected") this._reattach(session);

@@ -2,6 +2,12 @@
 // composer's controls and actions, and the session's server events, dispatched to the
 // transcript. Each turn's contents are drawn by turn-view.js, its confirmation cards by
 // confirm-card.js.
+//
+// Replays: after a reload (or in a second tab) the page re-attaches from seq 0 and the
+// server replays what it still buffers, so the transcript is rebuilt from the same events
+// as it was drawn live. While a replay runs, whatever it draws or changes carries
+// data-replayed (and the panel data-replaying), so a person can tell history from news;
+// the replay's own agent.session_resumed clears every mark.
 
 import { TERMINAL_EVENTS } from "./myagent-client.js";
 import { Confirmations } from "./confirm-card.js";
@@ -14,10 +20,13 @@ const TERMINAL = new Set(TERMINAL_EVENTS);
  * app is what the page gives each session view: client, confirms (a ConfirmDialog),
  * connected(), log(kind, title, code, content, extra), isActive(id), activate(id),
  * remove(view) and mount(view), which puts the tab and panel on the page.
- * restored: the session was re-attached after the page reloaded.
+ * restored: "reload" or "open" when the session was re-attached as the page loaded (after
+ * a reload, or in a tab opened from another), else false.
+ * knownSeq: the highest seq the page had shown before it loaded (kept in sessionStorage);
+ * replayed events up to it were seen before, later ones are news.
  */
 export class SessionView {
-  constructor(id, agentName, app, { restored = false } = {}) {
+  constructor(id, agentName, app, { restored = false, knownSeq = 0 } = {}) {
     this.app = app;
     this.id = id;
     this.agent = agentName || "agent";
@@ -26,6 +35,9 @@ export class SessionView {
     this.turn = null; // the running TurnView
     this.renderPending = false;
     this.restored = restored;
+    this.knownSeq = knownSeq;
+    this.seenBefore = false; // the event being handled was shown before the page loaded
+    this.replay = null; // {anchor, fresh} while a replay runs
     this.confirms = new Confirmations(this);
 
     this.tabButton = h(
@@ -53,6 +65,13 @@ export class SessionView {
       hidden: true,
     });
     this.modelLabel = h("span", { class: "model-label muted small", testid: "model-label" });
+    this.replayBadge = h("span", {
+      class: "badge badge-replay",
+      testid: "replay-status",
+      title: "Events the server kept for this session are being replayed.",
+      text: "replaying…",
+      hidden: true,
+    });
     this.endButton = h("button", {
       type: "button",
       class: "button ghost small",
@@ -101,7 +120,14 @@ export class SessionView {
       h(
         "header",
         { class: "panel-head" },
-        h("div", { class: "panel-title" }, h("h2", { text: this.agent }), this.offlineBadge, this.modelLabel),
+        h(
+          "div",
+          { class: "panel-title" },
+          h("h2", { text: this.agent }),
+          this.offlineBadge,
+          this.modelLabel,
+          this.replayBadge,
+        ),
         h("div", { class: "panel-meta" }, h("code", { class: "sid", title: "session id", text: id }), this.endButton),
       ),
       this.transcript,
@@ -123,9 +149,19 @@ export class SessionView {
   append(...nodes) {
     const t = this.transcript;
     const stick = t.scrollHeight - t.scrollTop - t.clientHeight < 120;
+    for (const node of nodes) this.mark(node);
     t.append(...nodes);
     if (stick) t.scrollTop = t.scrollHeight;
     this.markUnread();
+  }
+
+  /** Marks what a replayed event draws or changes, until the replay ends. */
+  mark(node) {
+    if (this.replay && node?.dataset) {
+      node.dataset.replayed = this.seenBefore ? "seen" : "new";
+      node.classList.add("replayed");
+    }
+    return node;
   }
 
   scrollIfNear() {
@@ -134,20 +170,38 @@ export class SessionView {
   }
 
   markUnread() {
-    if (!this.app.isActive(this.id)) this.tabButton.dataset.unread = "true";
+    // What the page showed before it reloaded is not news.
+    if (!this.app.isActive(this.id) && !this.seenBefore) this.tabButton.dataset.unread = "true";
   }
 
   note(text, kind = "") {
     this.append(h("div", { class: `note ${kind}`, testid: "notice", text }));
   }
 
-  /** The running turn's view; one is made for events that arrive without a user message. */
+  /**
+   * The running turn's view. One made for an event that arrives without a message sent
+   * from this page says where its message is: the server replays the agent's events, not
+   * the messages, so a turn from before the reload, or from another tab, shows none.
+   */
   ensureTurn() {
     if (!this.turn) {
-      this.turn = new TurnView(this);
-      this.append(this.turn.body);
-      this.setBusy(true);
+      const text = this.restored ? "Message sent before this page loaded" : "Message sent from another tab";
+      this.append(
+        h(
+          "div",
+          { class: "msg-user elsewhere", testid: "user-message-elsewhere" },
+          h("div", { class: "bubble", text, title: "The server does not replay messages, only the agent's events." }),
+        ),
+      );
+      this.startTurn();
     }
+    return this.turn;
+  }
+
+  startTurn() {
+    this.turn = new TurnView(this);
+    this.append(this.turn.body);
+    this.setBusy(true);
     return this.turn;
   }
 
@@ -181,19 +235,24 @@ export class SessionView {
   // -- user actions
 
   submit() {
-    const text = this.input.value;
-    if (!text.trim() || this.busy || this.ended || !this.app.connected()) return;
+    if (this.sendText(this.input.value)) {
+      this.input.value = "";
+      this.autosize();
+    }
+  }
+
+  /** Sends a message as a new turn; false when it could not go (nothing is drawn then). */
+  sendText(text) {
+    if (!text.trim() || this.busy || this.ended || !this.app.connected()) return false;
     try {
       this.app.client.send(this.id, text);
     } catch (error) {
       this.app.log("error", "Not sent", error.code, error.message);
-      return;
+      return false;
     }
-    this.input.value = "";
-    this.autosize();
-    this.turn = null;
     this.append(h("div", { class: "msg-user", testid: "user-message" }, h("div", { class: "bubble", text })));
-    this.ensureTurn().started = false; // until the server's first event for it
+    this.startTurn().started = false; // until the server's first event for it
+    return true;
   }
 
   cancel() {
@@ -223,8 +282,15 @@ export class SessionView {
 
   handle(event) {
     const meta = event.metadata || {};
+    this.seenBefore = Number.isInteger(event.seq) && event.seq <= this.knownSeq;
+    if (!this.replay && this.app.client.replaying(this.id)) this.beginReplay();
+    // Resumes (other connections', earlier ones) are not news; everything else past knownSeq is.
+    if (this.replay && !this.seenBefore && event.event !== "agent.session_resumed") this.replay.fresh += 1;
     if (this.turn && event.event.startsWith("agent.")) this.turn.started = true;
     switch (event.event) {
+      case "agent.session_created":
+        this.created(event);
+        break;
       case "agent.thinking":
         this.ensureTurn().showThinking(meta.step);
         break;
@@ -265,9 +331,11 @@ export class SessionView {
         else this.ensureTurn().interrupted(event.content, meta.reason);
         break;
       case "agent.session_resumed":
-        this.resumed(meta);
+        // Another connection's re-attach (a second tab), or an earlier one kept in the
+        // replay: not news for this transcript. This page's own comes to resumed().
         break;
       case "agent.session_end":
+        this.endReplay(); // no agent.session_resumed will come for it
         this.confirms.closeAll("the session ended");
         this.finishTurn();
         this.ended = true;
@@ -289,6 +357,7 @@ export class SessionView {
         // A refused user.message never started a turn; a turn that is streaming goes on.
         if (this.turn && !this.turn.started) this.finishTurn();
         if (meta.code === "session_not_found") {
+          this.endReplay();
           this.finishTurn();
           this.ended = true;
           this.tabButton.dataset.ended = "true";
@@ -305,21 +374,67 @@ export class SessionView {
     if (TERMINAL.has(event.event)) this.finishTurn();
   }
 
-  /** agent.session_resumed: the replay is over; say what came back and what still waits. */
-  resumed(meta) {
-    const n = meta.replayed ?? 0;
-    const replayed = n ? `${n} event${n === 1 ? "" : "s"} replayed` : "nothing to replay";
+  /** A replay starts (the client re-attached the session): mark what it draws. */
+  beginReplay() {
+    // Where the replay starts: a gap the server reports goes there.
+    const anchor = document.createComment("replay");
+    this.transcript.append(anchor);
+    this.replay = { anchor, fresh: 0 };
+    this.panel.dataset.replaying = "true";
+    this.replayBadge.hidden = false;
+  }
+
+  /** The replay is over (or cannot end: the session ended): every mark goes. */
+  endReplay() {
+    this.replay?.anchor.remove();
+    this.replay = null;
+    for (const node of this.panel.querySelectorAll("[data-replayed]")) {
+      delete node.dataset.replayed;
+      node.classList.remove("replayed");
+    }
+    this.panel.dataset.replaying = "false";
+    this.replayBadge.hidden = true;
+  }
+
+  /**
+   * The agent.session_resumed that answers this page's own user.reconnect: the replay is
+   * over. Unmark it, say what came back (and what the server no longer had), and settle the
+   * questions that still wait.
+   */
+  resumed(event) {
+    const meta = event.metadata || {};
     const gap = meta.replay_gap;
+    if (!this.replay) this.beginReplay(); // nothing came before it
+    if (gap) {
+      // Said out loud, where the missing events would have been.
+      const where = this.restored && gap.from <= 1 ? "Earlier events" : `Events ${gap.from}–${gap.to}`;
+      this.replay.anchor.before(
+        h("div", {
+          class: "note replay-gap",
+          testid: "replay-gap",
+          text: `${where} of this session are no longer kept by the server, so they are not shown.`,
+        }),
+      );
+    }
+    const { fresh } = this.replay;
+    this.endReplay();
+    const n = meta.replayed ?? 0;
+    let replayed = n ? `${n} event${n === 1 ? "" : "s"} replayed` : "nothing to replay";
+    // knownSeq (kept across the reload) tells what this page had shown before.
+    if (n && this.restored === "reload" && this.knownSeq) {
+      replayed += `, ${fresh} of them new since this page last showed it`;
+    }
     const lost = gap ? ` Events ${gap.from}–${gap.to} are no longer kept by the server, so they are not shown.` : "";
-    const what = this.restored ? "Re-attached after the page reloaded" : "Reconnected";
-    this.note(`${what}; ${replayed}.${lost}`, "quiet");
+    const what = { reload: "Re-attached after the page reloaded", open: "Re-attached when this page opened" };
+    this.note(`${what[this.restored] || "Reconnected"}; ${replayed}.${lost}`, "quiet");
     this.restored = false;
+    this.seenBefore = false;
     this.confirms.resumed(meta.pending_confirm);
   }
 
   /** Streamed answer text, drawn at most once a frame. */
   partial(delta) {
-    this.ensureTurn().addToAnswer(delta);
+    this.mark(this.ensureTurn().addToAnswer(delta));
     if (this.renderPending) return;
     this.renderPending = true;
     requestAnimationFrame(() => {

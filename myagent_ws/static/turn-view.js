@@ -22,9 +22,9 @@ export class TurnView {
     this.started = true; // false while a sent message waits for the server's first event
   }
 
-  /** Adds a node to the turn, above the thinking indicator. */
+  /** Adds a node to the turn, above the thinking indicator (marked if a replay drew it). */
   place(node) {
-    this.body.insertBefore(node, this.thinking);
+    this.body.insertBefore(this.session.mark(node), this.thinking);
     this.session.scrollIfNear();
     this.session.markUnread();
     return node;
@@ -101,6 +101,7 @@ export class TurnView {
     entry.duration.textContent = meta.status === "rejected" ? "" : formatDuration(meta.duration_ms);
     entry.result.textContent = asText(event.content);
     entry.result.hidden = false;
+    this.session.mark(entry.card); // a card drawn live may get its result from a replay
     entry.card.querySelector(".result-label").hidden = false;
     this.session.scrollIfNear();
   }
@@ -117,9 +118,11 @@ export class TurnView {
     return this.answer;
   }
 
-  /** Adds streamed text; the session view schedules renderStreaming(). */
+  /** Adds streamed text; the session view schedules renderStreaming(). Returns its element. */
   addToAnswer(delta) {
-    this.answerBlock().text += delta;
+    const answer = this.answerBlock();
+    answer.text += delta;
+    return answer.el;
   }
 
   renderStreaming() {
@@ -135,6 +138,7 @@ export class TurnView {
     answer.text = text;
     answer.el.dataset.state = "final";
     answer.el.replaceChildren(renderMarkdown(text));
+    this.session.mark(answer.el);
     this.session.scrollIfNear();
   }
 
