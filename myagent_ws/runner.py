@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 # A model that streams without ever suspending would starve the connection writers until
 # its turn ended; the turn lets them run after this many steps.
 STEPS_PER_YIELD = 32
+# How much of a turn's message its first agent.thinking repeats (metadata.user_message).
+MAX_ECHO_CHARS = 4000
 
 # Emits one event; True when a connection fell behind and the turn should await `Pace`.
 Emit = Callable[[dict[str, Any]], bool]
@@ -355,7 +357,12 @@ async def _drive(
                     await turn.confirm(step)
                     continue
                 count += 1
-                if turn.step(step_event(step, reveal_detail)):
+                event = step_event(step, reveal_detail)
+                if count == 1 and type(step) is Thinking:
+                    # The turn's message, once: a replay (a reloaded page, a second tab)
+                    # shows what was asked, since the server replays only its own events.
+                    event["metadata"]["user_message"] = text[:MAX_ECHO_CHARS]
+                if turn.step(event):
                     await pace()
                 elif type(step) is Thinking or count % STEPS_PER_YIELD == 0:
                     # Thinking precedes a model call, whose request takes a millisecond or

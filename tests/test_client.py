@@ -223,3 +223,25 @@ async def test_the_server_runs_a_repeated_message_id_once(
     finally:
         if shared:
             await delete_keys(prefix)
+
+
+async def test_a_turns_first_thinking_repeats_its_message_for_later_readers(serve: Any) -> None:
+    server = await serve(files=(), agents=(counting_agent(),))
+    async with connect(url(server)) as client:
+        session = await client.create_session()
+        long = "x" * 5000
+        for text, shown in (("hello", "hello"), (long, long[:4000])):
+            events = [e async for e in session.send(text)]
+            thinking = [e for e in events if e["event"] == "agent.thinking"]
+            assert thinking[0]["metadata"]["user_message"] == shown
+            assert all("user_message" not in e["metadata"] for e in thinking[1:])
+        # A second client attaching later reads both messages from the replay.
+        async with connect(url(server)) as other:
+            watcher = await other.attach(session.id)
+            seen = []
+            async for event in watcher.events(idle_timeout_s=5):
+                if event["event"] == "agent.thinking":
+                    seen.append(event["metadata"].get("user_message"))
+                if event["event"] == "agent.session_resumed":
+                    break
+            assert seen == ["hello", long[:4000]]

@@ -210,9 +210,8 @@ async def test_reload_mid_turn_replays_marked_then_the_answer_finishes_once(serv
         await expect(answer).to_have_text(" ".join(p.strip() for p in PIECES[:9]))
         await expect(answer).to_have_attribute("data-replayed", "new")
         await expect(answer).to_have_attribute("data-state", "streaming")
-        await expect(panel.get_by_test_id("user-message-elsewhere")).to_have_text(
-            "Message sent before this page loaded"
-        )
+        # The message itself, from the turn's first agent.thinking.
+        await expect(panel.get_by_test_id("user-message-elsewhere")).to_have_text(key)
         await expect(panel.get_by_test_id("cancel")).to_be_visible()  # the turn still runs
         await shot(page, "14-replaying-after-reload")
 
@@ -267,7 +266,9 @@ async def test_each_reload_rebuilds_the_whole_transcript(serve: Any) -> None:
             await expect(notes.last).to_contain_text("Re-attached after the page reloaded; ")
             await expect(notes.last).to_contain_text("0 of them new since this page last showed it")
             assert await transcript(panel) == before
-            await expect(panel.get_by_test_id("user-message-elsewhere")).to_have_count(number)
+            await expect(panel.get_by_test_id("user-message-elsewhere")).to_have_text(
+                [text for text, _ in turns[:number]]
+            )
             await expect(panel.locator("[data-replayed]")).to_have_count(0)
             await expect(panel.get_by_test_id("replay-gap")).to_have_count(0)
             # The second replay holds the first reload's agent.session_resumed (before the

@@ -180,17 +180,18 @@ export class SessionView {
 
   /**
    * The running turn's view. One made for an event that arrives without a message sent
-   * from this page says where its message is: the server replays the agent's events, not
-   * the messages, so a turn from before the reload, or from another tab, shows none.
+   * from this page shows the message the turn's first agent.thinking repeats
+   * (metadata.user_message), marked as sent before this page loaded or from another tab.
    */
-  ensureTurn() {
+  ensureTurn(userMessage) {
     if (!this.turn) {
-      const text = this.restored ? "Message sent before this page loaded" : "Message sent from another tab";
+      const where = this.restored ? "Sent before this page loaded" : "Sent from another tab";
+      const text = typeof userMessage === "string" ? userMessage : `(${where.toLowerCase()})`;
       this.append(
         h(
           "div",
           { class: "msg-user elsewhere", testid: "user-message-elsewhere" },
-          h("div", { class: "bubble", text, title: "The server does not replay messages, only the agent's events." }),
+          h("div", { class: "bubble", text, title: where }),
         ),
       );
       this.startTurn();
@@ -292,7 +293,7 @@ export class SessionView {
         this.created(event);
         break;
       case "agent.thinking":
-        this.ensureTurn().showThinking(meta.step);
+        this.ensureTurn(meta.user_message).showThinking(meta.step);
         break;
       case "agent.tool_call":
         this.ensureTurn().toolCall(event, meta);
