@@ -15,9 +15,12 @@ class LinkCutter:
         self.target_port = target_port
         self.links: set[asyncio.StreamWriter] = set()
         self.tasks: set[asyncio.Task[None]] = set()
-        # While set, what clients send is dropped on the floor: a message "sent" just
-        # before the link fails, which the server never gets.
-        self.swallow = False
+        # While set, what clients send (drop_up) or what the server sends (drop_down) is
+        # dropped on the floor: a message "sent" just before the link fails that the
+        # server never gets, or one it got whose answer never arrives.
+        self.drop_up = False
+        self.drop_down = False
+        self.dropped = 0  # bytes dropped so far
         self.server: asyncio.Server | None = None
 
     async def start(self) -> int:
@@ -40,7 +43,8 @@ class LinkCutter:
             upstream = dst is up_writer
             with contextlib.suppress(ConnectionError, OSError):
                 while data := await src.read(65536):
-                    if upstream and self.swallow:
+                    if self.drop_up if upstream else self.drop_down:
+                        self.dropped += len(data)
                         continue
                     dst.write(data)
                     await dst.drain()

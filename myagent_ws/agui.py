@@ -423,6 +423,16 @@ async def _stream(
                 ]
             )
             return
+        except Exception:  # the store down, or a bug: the run still ends, in words
+            log.exception("AG-UI run %s could not start", data.run_id)
+            text = "The server failed to start this run; try again. The server log has the details."
+            await write(
+                [
+                    run_started(data.thread_id, data.run_id),
+                    RunErrorEvent(message=text, code="internal_error"),
+                ]
+            )
+            return
         if thread is None or run is None:
             await write([run_started(data.thread_id, data.run_id), nothing_to_run(data)])
             return

@@ -11,6 +11,7 @@ translate: a myagent-ws connection never comes here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from typing import Any
@@ -110,6 +111,10 @@ class Socket(Tail):
                 await self.wake.wait()
         except (ConnectionError, TimeoutError):
             return
+        except Exception:  # a translation bug: close with 1011 rather than go quiet
+            log.exception("AG-UI socket %s: sending failed", self.id)
+            with contextlib.suppress(Exception):
+                await self.ws.close(code=WSCloseCode.INTERNAL_ERROR, message=b"server error")
 
     def _state(self, session: Session) -> tuple[Translator, tuple[int, int]] | None:
         state = self.states.get(session)

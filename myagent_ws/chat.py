@@ -107,8 +107,6 @@ class Chat:
         # step_id -> (approved, client.reconnects when the answer went out). A question the
         # server puts again after a reconnect is never put to the person twice; the answer
         # is sent again only if it may have been lost with the old link.
-        self.answers: dict[str, tuple[bool, int]] = {}
-        self.resent: set[str] = set()
         self.cancelling: asyncio.Task[None] | None = None  # held, or it may be collected
         self.prompt = PromptSession[str]() if interactive else None
         self.asker = PromptSession[str]() if interactive else None  # its own history
@@ -255,33 +253,22 @@ class Chat:
         elif name == "system.notice":  # e.g. queued behind a turn another tab runs
             screen.line(str(content), "dim")
         elif name == "system.error":
-            # Not the server's "answered already" to an answer sent again on purpose.
-            code, step = meta.get("code"), event.get("step_id")
-            if not (code == "confirm_not_pending" and step in self.resent):
-                screen.line(f"Error: {content}", "red")
+            screen.line(f"Error: {content}", "red")
 
     async def confirm(self, event: dict[str, Any]) -> None:
-        """agent.user_confirm: ask y/n once per step, whatever the server sends again."""
+        """agent.user_confirm: ask y/n (the client yields a question asked again after a
+        reconnect only once, and sends an answer the link lost again by itself)."""
         assert self.session is not None
         step, meta = str(event.get("step_id")), event.get("metadata") or {}
-        if step in self.answers:
-            approved, sent_at = self.answers[step]
-            if self.client.reconnects > sent_at:  # the answer may have died with the link
-                self.resent.add(step)
-                await self.session.respond(step, approved)
-                self.answers[step] = (approved, self.client.reconnects)
-            return
         args = json.dumps(meta.get("args") or {}, ensure_ascii=False)
         reply = ""
         while reply not in ("y", "yes", "n", "no"):
             try:
                 line = await self.read(f"Allow tool {meta.get('tool')} with {args}? [y/n] ", True)
             except KeyboardInterrupt:  # cancel the turn; the question is settled
-                self.answers[step] = (False, self.client.reconnects)
                 return self.on_sigint()
             reply = "n" if line is None else line.strip().lower()
         await self.session.respond(step, reply.startswith("y"))
-        self.answers[step] = (reply.startswith("y"), self.client.reconnects)
 
     def on_sigint(self) -> None:
         """Ctrl-C: the first cancels the running turn (its agent.interrupted still shows),
@@ -306,7 +293,7 @@ class Chat:
             self.screen.line("reconnecting…", "dim")
         elif state == "connected" and self.link == "reconnecting":
             self.screen.line("reconnected", "dim")
-        elif state == "closed" and self.client.error is not None:
+        elif state == "closed" and self.client.error and self.client.error.code != "closed":
             self.screen.line(f"Connection lost: {self.client.error}", "red")
         self.link = state
 
@@ -324,7 +311,7 @@ async def chat(url: str, agent: str | None = None, token: str | None = None) -> 
         try:
             await client.open()
         except (OSError, aiohttp.ClientError, ClientError, TimeoutError, ValueError) as exc:
-            why = exc or type(exc).__name__
+            why = str(exc) or type(exc).__name__
             if getattr(exc, "code", "") == "unauthorized":
                 why = f"{exc} Give one with --token or MYAGENT_WS_TOKEN."
             screen.line(f"Cannot connect to {url}: {why}", "red")

@@ -380,6 +380,7 @@ def plugins(debug: bool) -> None:
 @click.option("--agent", metavar="NAME", help="The agent to talk to  [default: the server's]")
 @click.option(
     "--token",
+    metavar="T",
     envvar="MYAGENT_WS_TOKEN",
     show_envvar=True,
     help="Bearer token, for a server with auth on (the variable keeps it off the command line).",

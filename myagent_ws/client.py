@@ -167,8 +167,9 @@ class Client:
         self._acker = asyncio.create_task(self._ack_forever(), name="myagent-ws client acks")
 
     async def close(self) -> None:
-        """Close the socket and stop reconnecting; pending requests fail."""
-        self.state = "closed"
+        """Close the socket and stop reconnecting; pending requests and turns fail."""
+        if self.error is None:
+            self._stop(ClientError("The client is closed.", "closed"))
         for task in (self._reader, self._acker):
             if task is not None:
                 task.cancel()
@@ -196,15 +197,19 @@ class Client:
             if exc.status == 403:
                 raise ClientError("The server refused this origin (403).", "forbidden") from exc
             raise
-        async with asyncio.timeout(self.request_timeout_s):
-            msg = await ws.receive()
-        first = json.loads(msg.data) if msg.type is aiohttp.WSMsgType.TEXT else {}
+        try:
+            async with asyncio.timeout(self.request_timeout_s):
+                msg = await ws.receive()
+            first = json.loads(msg.data) if msg.type is aiohttp.WSMsgType.TEXT else {}
+        except BaseException:
+            await ws.close()
+            raise
         if first.get("event") != "system.connected":
             await ws.close()
             raise ClientError(f"Not a myagent-ws server: it sent {msg.type.name}.", "protocol")
         self.info = first.get("metadata") or {}
         self._ws = ws
-        for session in self.sessions.values():
+        for session in tuple(self.sessions.values()):
             await ws.send_str(json.dumps(self._reattach_frame(session)))
             if session._turn is not None and (again := session._turn.relinked()) is not None:
                 await ws.send_str(json.dumps(again, ensure_ascii=False))
@@ -233,7 +238,14 @@ class Client:
         await self._ws.send_str(json.dumps(message, ensure_ascii=False))
 
     async def _read_forever(self) -> None:
-        """Read until closed; after an unexpected close, reconnect with backoff."""
+        """Read until closed; after an unexpected close, reconnect with backoff. A failure
+        of the client itself stops it, and every waiting turn hears why."""
+        try:
+            await self._read_and_reconnect()
+        except Exception as exc:  # a bug or a garbled frame: said, never a silent hang
+            self._stop(ClientError(f"The client failed: {type(exc).__name__}: {exc}", "failed"))
+
+    async def _read_and_reconnect(self) -> None:
         while True:
             assert self._ws is not None
             async for msg in self._ws:
@@ -274,6 +286,7 @@ class Client:
         self._connected.set()  # senders wake, see "closed", and raise
         end = {"event": "system.error", "content": str(error), "metadata": {"code": error.code}}
         for session in self.sessions.values():
+            session.ended = True
             with contextlib.suppress(asyncio.QueueFull):
                 session._queue.put_nowait(end)
         return False

@@ -4,7 +4,6 @@ turn is over, and which message to send again after a reconnect."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -15,7 +14,15 @@ if TYPE_CHECKING:
 TERMINAL = frozenset({"agent.final_answer", "agent.error", "agent.timeout", "agent.interrupted"})
 # Errors after which a session is no longer this client's to use.
 _SESSION_GONE = frozenset(
-    {"session_not_found", "forbidden", "connection_lost", "offline", "unauthorized", "closed"}
+    {
+        "session_not_found",
+        "forbidden",
+        "connection_lost",
+        "offline",
+        "unauthorized",
+        "closed",
+        "failed",
+    }
 )
 
 
@@ -67,14 +74,11 @@ class Session:
         content: dict[str, Any] = {"approved": bool(approved)}
         if feedback:
             content["feedback"] = feedback
-        await self.client._send(
-            {
-                "event": "user.response",
-                "session_id": self.id,
-                "step_id": step_id,
-                "content": content,
-            }
-        )
+        frame = {"event": "user.response", "session_id": self.id, "step_id": step_id}
+        frame["content"] = content
+        if self._turn is not None:  # asked again after a reconnect: it was lost, send it again
+            self._turn.answered[step_id] = (frame, self.client.reconnects)
+        await self.client._send(frame)
 
     async def cancel(self) -> None:
         """Stop the running turn: it ends with agent.interrupted."""
@@ -116,6 +120,9 @@ class Turn:
         }
         self._deadline: float | None = None
         self._started = False  # an event with a seq arrived after the message went out
+        self.asked: set[str] = set()  # step_ids of the questions yielded
+        # step_id -> (the user.response, client.reconnects when it was sent)
+        self.answered: dict[str, tuple[dict[str, Any], int]] = {}
 
     def __aiter__(self) -> Turn:
         return self
@@ -146,6 +153,8 @@ class Turn:
             elif name == "agent.session_end":
                 self.done = True
                 raise ClientError(str(event.get("content")), "session_end", event)
+            elif name == "agent.user_confirm" and await self._asked_before(event):
+                continue
             if "seq" in event and name != "agent.session_resumed":
                 self._started = True
             if name in TERMINAL:
@@ -158,13 +167,34 @@ class Turn:
         if session.ended:
             raise ClientError("The session has ended; create a new one.", "session_end")
         previous, session._turn = session._turn, self
-        self._deadline = asyncio.get_running_loop().time() + self.timeout_s
-        if previous is not None and not previous.done:
-            with contextlib.suppress(ClientError):
-                await session.cancel()
+        now = asyncio.get_running_loop().time()
+        self._deadline = now + self.timeout_s
+        if previous is not None and not previous.done:  # left early, or it timed out
+            await session.cancel()
+            previous._deadline = now + session.client.request_timeout_s
+            try:
                 async for _ in previous:
                     pass
+            except ClientError as exc:
+                if exc.code == "timeout":
+                    raise ClientError(
+                        "The previous turn of this session did not end after its cancel.",
+                        "timeout",
+                    ) from None
         await session.client._send(self.message)
+
+    async def _asked_before(self, event: dict[str, Any]) -> bool:
+        """A question asked again after a reconnect is not yielded twice; if it was
+        answered before that reconnect, the answer was lost with the link: send it again."""
+        step_id = event.get("step_id") or ""
+        if step_id not in self.asked:
+            self.asked.add(step_id)
+            return False
+        answer = self.answered.get(step_id)
+        if answer is not None and answer[1] < self.session.client.reconnects:
+            self.answered[step_id] = (answer[0], self.session.client.reconnects)
+            await self.session.client._send(answer[0])
+        return True
 
     def relinked(self) -> dict[str, Any] | None:
         """After a reconnect: the message again, unless events show it arrived (a message
@@ -175,5 +205,4 @@ class Turn:
         """rate_limited: wait as the server says, then send the message again."""
         wait_ms = (refusal.get("metadata") or {}).get("retry_after_ms", 1000)
         await asyncio.sleep(wait_ms / 1000)
-        self.message["metadata"] = {"message_id": uuid.uuid4().hex}  # this one was refused
         await self.session.client._send(self.message)

@@ -106,7 +106,7 @@ class Connection(Outbound):
                 await self._admit()  # bad frames count too; past the rate, that is the answer
                 raise
             if message["event"] != "user.ack":
-                await self._admit()
+                await self._admit(message.get("session_id"))
             await _HANDLERS[message["event"]](self, message)
         except ProtocolError as exc:
             if exc.code == "session_not_found" and await self._others(exc.session_id):
@@ -133,13 +133,15 @@ class Connection(Outbound):
         except ProtocolError as exc:
             self._reply_error(exc)
 
-    async def _admit(self) -> None:
-        """Take one frame's room in the rate limit, or raise rate_limited."""
+    async def _admit(self, session_id: str | None = None) -> None:
+        """Take one frame's room in the rate limit, or raise rate_limited (naming the
+        frame's session, so a client knows which of its messages to send again)."""
         if not self._limiter.has_capacity():
             raise ProtocolError(
                 "rate_limited",
                 f"Too many messages: this server accepts {self._rate_text} per connection; "
                 f"wait {self._retry_after_ms} ms and send again.",
+                session_id=session_id,
                 retry_after_ms=self._retry_after_ms,
             )
         await self._limiter.acquire()  # has room, so it does not wait
@@ -168,7 +170,12 @@ class Connection(Outbound):
         message_id = (message.get("metadata") or {}).get("message_id")
         if message_id is not None and await session.repeated(message_id):
             return  # a client's resend of a message that arrived: its turn is under way
-        ahead = await session.start_turn(message["content"])
+        try:
+            ahead = await session.start_turn(message["content"])
+        except BaseException:
+            if message_id is not None:  # refused (busy, draining...): a resend may run
+                await session.forget(message_id)
+            raise
         if ahead:  # on_busy=queue: say so, since its events come only later
             after = "." if ahead == 1 else f" and the {ahead - 1} queued before it."
             self._notice(

@@ -229,6 +229,10 @@ class RedisStore(Store):
         key = f"{self.prefix}msgid:{session_id}:{message_id}"
         return bool(await self.redis.set(key, 1, nx=True, px=self.ttl_ms))
 
+    @_guarded
+    async def forget_message(self, session_id: str, message_id: str) -> None:
+        await self.redis.delete(f"{self.prefix}msgid:{session_id}:{message_id}")
+
     async def close(self) -> None:
         await self.redis.aclose()
         await self.blocking.aclose()

@@ -231,6 +231,11 @@ class Session:
         recent.append(message_id)
         return False
 
+    async def forget(self, message_id: str) -> None:
+        """A message with this id was refused: its resend is a new try."""
+        if self.recent_ids is not None and message_id in self.recent_ids:
+            self.recent_ids.remove(message_id)
+
     async def start_turn(self, text: str) -> int:
         """Run a turn for `text` now, or as `on_busy` says while one runs. Returns how
         many messages wait before it (0: it runs now)."""

@@ -240,6 +240,9 @@ class SharedSession(Session):
         """In Redis: a resend may reach another process than the first send."""
         return not await self.store.first_time(self.id, message_id)
 
+    async def forget(self, message_id: str) -> None:
+        await self.store.forget_message(self.id, message_id)
+
     async def start_turn(self, text: str) -> int:
         manager = self._manager
         manager.refuse_if_draining(self.id)

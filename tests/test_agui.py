@@ -561,8 +561,9 @@ async def test_a_websocket_client_resumes_by_seq_exactly_once(serve):
         await first.ws.close()
         WaitTool.gate(gate).set()
         session = the_session(server)
-        while session.busy:
-            await asyncio.sleep(0.02)
+        async with asyncio.timeout(5):
+            while session.busy:
+                await asyncio.sleep(0.02)
         seq, part = position(first.frames[-1])
         second = await agui_socket(http, server)
         await second.send(

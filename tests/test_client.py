@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import aiohttp
 import pytest
 
 from bench.linkcut import LinkCutter
@@ -14,6 +15,7 @@ from myagent_ws.client import TERMINAL, Backoff, ClientError, connect
 from myagent_ws.keys import SESSIONS
 from myagent_ws.redis_store import RedisStore
 from tests.agents import WaitTool, counting_agent, key, waiting_agent
+from tests.client import WsClient, names
 from tests.cluster import REDIS_URL, delete_keys, fresh_prefix, require_redis
 from tests.conftest import EXAMPLES, TOKENS
 
@@ -170,7 +172,12 @@ async def test_token_auth(serve: Any) -> None:
         assert await (await client.create_session()).ask("hi") == "1: hi"
 
 
-async def test_a_message_lost_with_the_link_is_sent_again_and_runs_once(serve: Any) -> None:
+@pytest.mark.parametrize("lost", ["message", "answer"])
+async def test_a_message_lost_with_the_link_is_sent_again_and_runs_once(
+    serve: Any, lost: str
+) -> None:
+    """The message never reaches the server, or it does and its events never come back:
+    either way the client sends it again after the reconnect, and it runs once."""
     server = await serve(files=(), agents=(counting_agent(),))
     cutter = LinkCutter(server.port)
     port = await cutter.start()
@@ -178,16 +185,26 @@ async def test_a_message_lost_with_the_link_is_sent_again_and_runs_once(serve: A
         async with connect(f"ws://127.0.0.1:{port}/", backoff=FAST) as client:
             session = await client.create_session()
             assert await session.ask("one") == "1: one"
-            cutter.swallow = True  # "two" leaves the client and never reaches the server
+            stored = server.app[SESSIONS].sessions[session.id]
+            if lost == "message":
+                cutter.drop_up = True
+            else:
+                cutter.drop_down = True
             turn = session.send("two")
             first = asyncio.ensure_future(turn.__anext__())
-            await asyncio.sleep(0.2)
-            assert not first.done()
-            cutter.swallow = False
+            async with asyncio.timeout(5):  # the message has left the client
+                while not cutter.dropped:
+                    await asyncio.sleep(0.01)
+            if lost == "answer":  # the turn ran; its events are on the floor
+                async with asyncio.timeout(5):
+                    while stored.busy or stored.seq < 6:
+                        await asyncio.sleep(0.01)
+            cutter.drop_up = cutter.drop_down = False
             cutter.cut()
             events = [await first] + [e async for e in turn]
             assert events[-1]["event"] == "agent.final_answer"
-            assert events[-1]["content"] == "2: one | two"  # ran once, after the reconnect
+            assert events[-1]["content"] == "2: one | two"  # ran once
+            assert sum(e["event"] in TERMINAL for e in events) == 1
             assert client.reconnects == 1
             assert await session.ask("three") == "3: one | two | three"
     finally:
@@ -203,7 +220,8 @@ async def test_the_server_runs_a_repeated_message_id_once(
         require_redis()
         store = RedisStore(REDIS_URL, prefix := fresh_prefix())
     try:
-        server = await serve(files=(), agents=(counting_agent(),), store=store)
+        # on_busy=queue: a repeat that got through would run as a turn of its own.
+        server = await serve(files=(), agents=(counting_agent(),), store=store, on_busy="queue")
         ws = await connect(server)
         sid = await ws.create_session()
         message = {
@@ -216,10 +234,12 @@ async def test_the_server_runs_a_repeated_message_id_once(
         await ws.send(message)  # the client's resend after a dropped link
         events = await ws.until_terminal(sid)
         assert events[-1]["content"] == "1: hi"
-        message["metadata"] = {"message_id": "m-2"}
-        await ws.send(message)
+        await ws.send({**message, "content": "there", "metadata": {"message_id": "m-2"}})
         events = await ws.until_terminal(sid)
-        assert events[-1]["content"] == "2: hi | hi"  # "m-1" ran once
+        assert events[-1]["content"] == "2: hi | there"  # "m-1" ran once
+        assert "system.error" not in names(ws.received) and "system.notice" not in names(
+            ws.received
+        )
     finally:
         if shared:
             await delete_keys(prefix)
@@ -245,3 +265,68 @@ async def test_a_turns_first_thinking_repeats_its_message_for_later_readers(serv
                 if event["event"] == "agent.session_resumed":
                     break
             assert seen == ["hello", long[:4000]]
+
+
+async def test_after_a_turn_times_out_the_next_turn_gets_only_its_own_events(serve: Any) -> None:
+    server = await serve(files=(), agents=(waiting_agent(),))
+    async with connect(url(server)) as client:
+        session = await client.create_session()
+        with pytest.raises(ClientError) as late:
+            await session.ask(key(), timeout_s=0.3)  # its gate never opens
+        assert late.value.code == "timeout"
+        WaitTool.gate(second := key()).set()
+        assert await session.ask(second) == f"done: gate {second} opened"
+        WaitTool.gate(third := key()).set()
+        assert await session.ask(third) == f"done: gate {third} opened"
+
+
+async def test_rate_limited_messages_are_sent_again_after_the_wait(serve: Any) -> None:
+    server = await serve(
+        files=(), agents=(counting_agent(),), rate_limit_burst=2, rate_limit_per_s=10.0
+    )
+    async with connect(url(server)) as client:
+        session = await client.create_session()  # frame 1
+        answers = [await session.ask(text) for text in ("a", "b", "c")]  # 2, then limited
+        assert answers == ["1: a", "2: a | b", "3: a | b | c"]
+
+
+async def test_a_message_refused_as_busy_may_be_sent_again_with_its_id(serve: Any) -> None:
+    server = await serve(files=(), agents=(waiting_agent(),))
+    async with aiohttp.ClientSession() as http:
+        ws = WsClient(await http.ws_connect(server.make_url("/")))
+        await ws.recv()
+        sid = await ws.create_session()
+        await ws.send({"event": "user.message", "session_id": sid, "content": (gate := key())})
+        await ws.expect("agent.tool_call")
+        retry = {
+            "event": "user.message",
+            "session_id": sid,
+            "content": (second := key()),
+            "metadata": {"message_id": "m-1"},
+        }
+        await ws.send(retry)
+        await ws.error("session_busy")
+        WaitTool.gate(gate).set()
+        await ws.expect("agent.final_answer")
+        WaitTool.gate(second).set()
+        await ws.send(retry)  # the same id: refused before, so it runs now
+        final = await ws.expect("agent.final_answer")
+        assert second in final["content"]
+
+
+async def test_closing_the_client_ends_a_turn_being_read(serve: Any) -> None:
+    server = await serve(files=(), agents=(waiting_agent(),))
+    async with connect(url(server)) as client:
+        session = await client.create_session()
+        turn = session.send(key())
+
+        async def read() -> list[str]:
+            return [e["event"] async for e in turn]
+
+        reader = asyncio.ensure_future(read())
+        await asyncio.sleep(0.2)
+        await client.close()
+        with pytest.raises(ClientError) as closed:
+            async with asyncio.timeout(2):
+                await reader
+        assert closed.value.code == "closed"
