@@ -66,7 +66,7 @@ class Client:
         ack_interval_s: float = 0.5,
         request_timeout_s: float = 15.0,
         turn_timeout_s: float = 600.0,
-        max_queued: int = 100_000,
+        max_queued_bytes: int = 64 * 2**20,
         heartbeat_s: float | None = 30.0,
         on_state: Callable[[str], None] | None = None,
     ) -> None:
@@ -78,7 +78,7 @@ class Client:
         self.ack_interval_s = ack_interval_s
         self.request_timeout_s = request_timeout_s
         self.turn_timeout_s = turn_timeout_s
-        self.max_queued = max_queued  # events per session not yet read: then backpressure
+        self.max_queued_bytes = max_queued_bytes  # unread per session: then backpressure
         self.heartbeat_s = heartbeat_s
         # Called with each new state, in the reader's task: it must not block or raise.
         self.on_state = on_state
@@ -250,7 +250,7 @@ class Client:
             assert self._ws is not None
             async for msg in self._ws:
                 if msg.type is aiohttp.WSMsgType.TEXT:
-                    await self._on_frame(json.loads(msg.data))
+                    await self._on_frame(json.loads(msg.data), len(msg.data))
                 elif msg.type in _CLOSED or msg.type is aiohttp.WSMsgType.ERROR:
                     break
             self._connected.clear()
@@ -287,11 +287,10 @@ class Client:
         end = {"event": "system.error", "content": str(error), "metadata": {"code": error.code}}
         for session in self.sessions.values():
             session.ended = True
-            with contextlib.suppress(asyncio.QueueFull):
-                session._queue.put_nowait(end)
+            session._queue.put_now(end)
         return False
 
-    async def _on_frame(self, event: dict[str, Any]) -> None:
+    async def _on_frame(self, event: dict[str, Any], size: int) -> None:
         name = event.get("event")
         sid = event.get("session_id")
         seq = event.get("seq")
@@ -317,7 +316,7 @@ class Client:
             ):
                 self.sessions.pop(session.id, None)
                 session.ended = True
-            await session._deliver(event)
+            await session._deliver(event, size)
             if name == "agent.session_end":
                 self.sessions.pop(session.id, None)
             return

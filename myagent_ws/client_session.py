@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +36,45 @@ class ClientError(Exception):
         self.event = event
 
 
+class Inbox:
+    """A session's unread events, bounded in bytes (as they came on the wire): past
+    `max_bytes` the client's reader waits for this session's reader (backpressure on the
+    socket, so an unread session holds up the client's other sessions too)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._items: deque[tuple[dict[str, Any], int]] = deque()
+        self._ready = asyncio.Event()  # something to read
+        self._room = asyncio.Event()  # under the bound
+        self._room.set()
+
+    def empty(self) -> bool:
+        return not self._items
+
+    async def put(self, event: dict[str, Any], size: int) -> None:
+        while self.bytes >= self.max_bytes:
+            self._room.clear()
+            await self._room.wait()
+        self.put_now(event, size)
+
+    def put_now(self, event: dict[str, Any], size: int = 0) -> None:
+        """Past the bound too: for the client's last word when it stops."""
+        self._items.append((event, size))
+        self.bytes += size
+        self._ready.set()
+
+    async def get(self) -> dict[str, Any]:
+        while not self._items:
+            self._ready.clear()
+            await self._ready.wait()
+        event, size = self._items.popleft()
+        self.bytes -= size
+        if self.bytes < self.max_bytes:
+            self._room.set()
+        return event
+
+
 class Session:
     """One agent session. Its events queue here until a turn (`send()`) or `events()` reads
     them."""
@@ -47,7 +87,7 @@ class Session:
         self.acked_seq = 0
         self.ended = False
         self.info: dict[str, Any] = {}  # agent.session_created metadata: agent, llm
-        self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(client.max_queued)
+        self._queue = Inbox(client.max_queued_bytes)
         self._turn: Turn | None = None
 
     def send(self, text: str, timeout_s: float | None = None) -> Turn:
@@ -97,10 +137,10 @@ class Session:
                 event = await self._queue.get()
             yield event
 
-    async def _deliver(self, event: dict[str, Any]) -> None:
+    async def _deliver(self, event: dict[str, Any], size: int) -> None:
         if event["event"] == "agent.session_end":
             self.ended = True
-        await self._queue.put(event)  # full: the reader waits for this session's reader
+        await self._queue.put(event, size)
 
 
 class Turn:

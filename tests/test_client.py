@@ -14,7 +14,7 @@ from myagent import Model, ModelReply, create_react_agent
 from myagent_ws.client import TERMINAL, Backoff, ClientError, connect
 from myagent_ws.keys import SESSIONS
 from myagent_ws.redis_store import RedisStore
-from tests.agents import WaitTool, counting_agent, key, waiting_agent
+from tests.agents import WaitTool, burst_agent, counting_agent, key, waiting_agent
 from tests.client import WsClient, names
 from tests.cluster import REDIS_URL, delete_keys, fresh_prefix, require_redis
 from tests.conftest import EXAMPLES, TOKENS
@@ -330,3 +330,22 @@ async def test_closing_the_client_ends_a_turn_being_read(serve: Any) -> None:
             async with asyncio.timeout(2):
                 await reader
         assert closed.value.code == "closed"
+
+
+async def test_unread_events_are_bounded_in_bytes_and_none_is_lost(serve: Any) -> None:
+    server = await serve(files=(), agents=(burst_agent(2000, 100),))
+    async with connect(url(server), max_queued_bytes=20_000) as client:
+        session = await client.create_session()
+        turn = session.send("go")
+        first = await turn.__anext__()  # the message is out; now nobody reads for a while
+        inbox = session._queue
+        async with asyncio.timeout(5):  # the reader fills the inbox to its bound, then waits
+            while inbox.bytes < 20_000:
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)
+        assert inbox.bytes < 20_000 + 1_000  # at most one frame past the bound
+        events = [first] + [e async for e in turn]
+        seqs = [e["seq"] for e in events]
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+        assert sum(e["event"] == "agent.partial_answer" for e in events) == 2000
+        assert events[-1]["event"] == "agent.final_answer"
