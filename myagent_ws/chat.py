@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import shutil
 import signal
 import sys
@@ -272,8 +273,12 @@ class Chat:
 
     def on_sigint(self) -> None:
         """Ctrl-C: the first cancels the running turn (its agent.interrupted still shows),
-        the second stops waiting for it. Without a turn it does nothing."""
+        the second stops waiting for it. Without a turn it does nothing at a prompt (Ctrl-D
+        or /quit exit); with piped input, whose read blocks a thread, it exits 130."""
         if self.turn_task is None or self.turn_task.done():
+            if self.prompt is None:
+                sys.stdout.flush()
+                os._exit(130)
             return
         self.interrupts += 1
         if self.interrupts > 1:

@@ -414,3 +414,23 @@ async def test_on_state_hears_every_change_of_the_link(serve: Any) -> None:
         assert states[-1] == "closed"
     finally:
         await cutter.close()
+
+
+async def test_ctrl_c_with_piped_input_and_no_turn_exits_130(serve: Any) -> None:
+    server = await serve()
+    proc = await asyncio.create_subprocess_exec(
+        CLI,
+        "chat",
+        ws_url(server),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+        env=chat_env(),
+    )
+    assert proc.stdout is not None
+    header = await asyncio.wait_for(proc.stdout.readline(), 10)
+    assert header.startswith(b"Connected to")
+    await asyncio.sleep(0.3)  # now waiting for a line that never comes
+    proc.send_signal(2)
+    assert await asyncio.wait_for(proc.wait(), 5) == 130
