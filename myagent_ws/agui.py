@@ -1,15 +1,15 @@
-"""AG-UI for the same agents (docs.ag-ui.com; the contract is docs/agui.md).
+"""AG-UI for the same agents (docs.ag-ui.com; the contract is docs/agui.md): its threads.
 
-`POST /agui/{agent}` answers a RunAgentInput with an SSE stream, and a WebSocket that
-chooses the subprotocol `ag-ui` gets the same events, each with our `seq`, so it can
-resume. Events are the official ag-ui-protocol models, encoded by its EventEncoder.
+`POST /agui/{agent}` (agui_http) answers a RunAgentInput with an SSE stream, and a
+WebSocket that chooses the subprotocol `ag-ui` (agui_socket) gets the same events, each
+with our `seq`, so it can resume. Both start runs here: a thread is a session (its memory
+is the session's), kept per principal; a run follows the session's replay buffer like any
+connection (a `Tail`, paced like one), and agui_translate turns the session's events into
+AG-UI events. A confirmation ends the run with the interrupt outcome while the turn
+waits; the next run's `resume` answers it. Nothing here runs for myagent-ws connections.
 
-A thread is a session (its memory is the session's), kept per principal. A run follows
-the session's replay buffer like any connection (the Reader protocol) and `Translator`
-turns the session's events into AG-UI events as a function of those events alone: ids
-come from event ids, so a replayed stretch translates to exactly what was sent the first
-time. A confirmation ends the run with the interrupt outcome while the turn waits; the
-next run's `resume` answers it. Nothing here runs for myagent-ws connections.
+This module is what the app imports, and it imports nothing from ag_ui or pydantic: those
+(about 40 ms of model classes) load with the first AG-UI request or `ag-ui` socket.
 """
 
 from __future__ import annotations
@@ -18,29 +18,28 @@ import asyncio
 import contextlib
 import itertools
 import json
-import logging
+import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import orjson
-from ag_ui.core import BaseEvent, RunAgentInput, RunErrorEvent, RunFinishedEvent
-from ag_ui.core import RunFinishedSuccessOutcome as Success
-from ag_ui.encoder import EventEncoder
 from aiohttp import web
-from pydantic import ValidationError
 
-from .agui_translate import Run, Thread, Translator, run_started
-from .gate import refusal
-from .keys import GATE, SESSIONS, SETTINGS
+from .keys import SESSIONS, SETTINGS
+from .outbound import Cursor, Paced
 from .protocol import MAX_ID_LENGTH, ProtocolError
-from .session import Session
+from .session import Reader, Session
 from .sessions import SessionManager
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from ag_ui.core import RunAgentInput
+
 _ids = itertools.count(1)
 
-POLL_S = 0.5  # how often a waiting SSE stream checks that its client is still there
+RUNS_KEPT = 16  # runs a thread remembers, for WebSocket clients resuming into them
 ANSWER_HINT = 'Answer it with payload {"approved": true or false, "feedback": "..."}.'
 
 
@@ -52,72 +51,99 @@ class Refused(Exception):
         self.code, self.message, self.status = code, message, status
 
 
-class Tail:
+@dataclass(slots=True)
+class Run:
+    id: str
+    after: int  # the session's events after this seq are the run's, up to its end
+
+
+class Thread:
+    """One AG-UI thread: its session and its latest runs."""
+
+    __slots__ = ("id", "runs", "session")
+
+    def __init__(self, thread_id: str, session: Session) -> None:
+        self.id = thread_id
+        self.session = session
+        self.runs: deque[Run] = deque(maxlen=RUNS_KEPT)
+
+    def run_of(self, seq: int) -> Run | None:
+        """The run event `seq` belongs to if any: the latest that began before it."""
+        for run in reversed(self.runs):
+            if run.after < seq:
+                return run
+        return None
+
+
+class Tail(Paced):
     """A Reader that keeps its own place in each attached session's replay buffer; its
-    owner takes the events, decoded, in order. Paced like a connection: a turn waits
-    while it is half a buffer behind, and stops waiting (`lost`) after send_timeout_s."""
+    owner takes the events, decoded, in order. Paced like a connection (outbound.Paced):
+    a turn waits while it is half a buffer behind, in events or bytes, and it stops
+    following (`lost`) after send_timeout_s. Each session is paced on its own: there is
+    no connection-wide send buffer here."""
+
+    pending = 0
+    send_limit = math.inf
+    _closing = False  # a Tail stops following through _drop(), never by closing
 
     def __init__(self, principal: str | None) -> None:
         self.id = f"agui_{next(_ids)}"
         self.principal = principal
-        self.cursors: dict[Session, int] = {}
+        self._cursors: dict[Session, Cursor] = {}
+        self._progress: asyncio.Event | None = None
+        self._dropped = False
         self.wake = asyncio.Event()  # set when there may be something to take
-        self.progress = asyncio.Event()
         self.lost: str | None = None  # why it stopped following (too slow)
 
     def attach(self, session: Session, cursor: int) -> None:
-        self.cursors[session] = cursor
+        self._cursors[session] = Cursor(cursor, session.buffer.last_seq)
         self.wake.set()
 
     def notify(self, session: Session, frame: bytes) -> bool:
+        cursor = self._cursors.get(session)
+        if cursor is not None:
+            cursor.owed += len(frame)
         self.wake.set()
         return self.behind(session)
 
     def sent(self, session: Session) -> int:
-        cursor = self.cursors.get(session)
-        return session.seq if cursor is None or self.lost else cursor
-
-    def behind(self, session: Session) -> bool:
-        cursor = self.cursors.get(session)
-        buffer = session.buffer
-        return (
-            not (cursor is None or self.lost) and buffer.last_seq - cursor > buffer.max_events // 2
-        )
-
-    async def catch_up(self, session: Session, timeout_s: float) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while self.behind(session):
-            self.progress.clear()
-            try:
-                await asyncio.wait_for(self.progress.wait(), deadline - loop.time())
-            except TimeoutError:
-                self.stop(f"it stayed behind for {timeout_s:g} s")
+        cursor = self._cursors.get(session)
+        return session.seq if cursor is None or self.lost else cursor.sent
 
     def acked(self, session: Session) -> int:
         return 0  # no acks here: nothing this reader may still replay is trimmed
 
-    def stop(self, why: str) -> None:
+    def follows(self, session: Session) -> bool:
+        """Whether some of `session` is still to take (an ended one, until all is taken)."""
+        return session in self._cursors
+
+    def _drop(self, why: str) -> None:
+        """Stop following (its owner ends the run, as for a client that left)."""
         self.lost = why
+        self._dropped = True
         self.wake.set()
-        self.progress.set()
+        if self._progress is not None:
+            self._progress.set()
 
     def take(self) -> list[tuple[Session, int, dict[str, Any]]]:
         """Every event not yet taken, session by session, in seq order."""
         taken = []
-        for session, cursor in self.cursors.items():
+        for session, cursor in self._cursors.items():
             buffer = session.buffer
-            while cursor < buffer.last_seq:
-                frame = buffer.get(cursor + 1)
+            while cursor.sent < buffer.last_seq:
+                frame = buffer.get(cursor.sent + 1)
                 if frame is None:  # it left the buffer (a resume from too far back)
-                    cursor = buffer.first_seq - 1
+                    cursor.sent = buffer.first_seq - 1
                     continue
-                cursor += 1
-                taken.append((session, cursor, orjson.loads(frame)))
-            self.cursors[session] = cursor
-        for ended in [s for s, c in self.cursors.items() if s.closed and c >= s.buffer.last_seq]:
-            del self.cursors[ended]  # ended, and all of it taken
-        self.progress.set()
+                cursor.sent += 1
+                if cursor.sent > cursor.live_from:
+                    cursor.owed -= len(frame)
+                taken.append((session, cursor.sent, orjson.loads(frame)))
+        ended = [s for s, c in self._cursors.items() if s.closed and c.sent >= s.buffer.last_seq]
+        for session in ended:
+            del self._cursors[session]  # ended, and all of it taken
+        if self._progress is not None:
+            self._progress.set()
         return taken
 
 
@@ -146,7 +172,7 @@ class Adapter:
                 )
             raise Refused(exc.code, exc.message, 404) from None
 
-    async def _thread(self, key: tuple[str | None, str, str], reader: Any) -> Thread | None:
+    async def _thread(self, key: tuple[str | None, str, str], reader: Reader) -> Thread | None:
         """The thread, with its session as this process holds it now (None: start afresh).
         With the Redis store a session nothing follows leaves the process after a run
         (detach releases it): it is loaded again, memory and all, and `reader` attached."""
@@ -195,7 +221,7 @@ class Adapter:
             self.forget_ended()
 
     async def start(
-        self, principal: str | None, agent: str, data: RunAgentInput, reader: Any
+        self, principal: str | None, agent: str, data: RunAgentInput, reader: Reader
     ) -> tuple[Thread | None, Run | None]:
         """Start the run `data` asks for, `reader` following it; no Run when there is
         nothing to run (its resume only cancelled interrupts already closed)."""
@@ -245,7 +271,7 @@ class Adapter:
         except ProtocolError as exc:
             raise Refused(exc.code, exc.message) from None
 
-    def _begin(self, thread: Thread, run_id: str, reader: Any) -> Run:
+    def _begin(self, thread: Thread, run_id: str, reader: Reader) -> Run:
         session = thread.session
         run = Run(run_id, session.seq)
         thread.runs.append(run)
@@ -296,6 +322,9 @@ def _user_text(data: RunAgentInput) -> str:
 
 def parse_input(data: str | bytes) -> RunAgentInput:
     """A RunAgentInput from JSON, or Refused (400, 422) saying what to fix."""
+    from ag_ui.core import RunAgentInput
+    from pydantic import ValidationError
+
     try:
         raw = json.loads(data)
     except (ValueError, RecursionError):
@@ -317,17 +346,30 @@ def parse_input(data: str | bytes) -> RunAgentInput:
     return parsed
 
 
-# -- POST /agui/{agent} ----------------------------------------------------------------------
+# -- the routes ------------------------------------------------------------------------------
 
 AGUI = web.AppKey("agui", Adapter)
 
 
 def add_routes(app: web.Application) -> None:
-    """POST /agui/{agent} (and its CORS preflight), and the threads it keeps."""
+    """POST /agui/{agent} (and its CORS preflight), and the threads it keeps. The handlers
+    are agui_http's, imported by the first request that needs them."""
     app[AGUI] = Adapter(app[SESSIONS], app[SETTINGS].max_sessions)
-    app.router.add_post("/agui/{agent}", post_run)
-    app.router.add_route("OPTIONS", "/agui/{agent}", preflight)
+    app.router.add_post("/agui/{agent}", _post_run)
+    app.router.add_route("OPTIONS", "/agui/{agent}", _preflight)
     app.cleanup_ctx.append(_forgetting)
+
+
+async def _post_run(request: web.Request) -> web.StreamResponse:
+    from .agui_http import post_run  # with ag_ui: a server no AG-UI client uses never loads it
+
+    return await post_run(request)
+
+
+async def _preflight(request: web.Request) -> web.Response:
+    from .agui_http import preflight
+
+    return await preflight(request)
 
 
 async def _forgetting(app: web.Application) -> AsyncIterator[None]:
@@ -336,158 +378,3 @@ async def _forgetting(app: web.Application) -> AsyncIterator[None]:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
-
-
-async def preflight(request: web.Request) -> web.Response:
-    """CORS preflight, for allowed origins only (like /auth/ticket)."""
-    gate = request.app[GATE]
-    if request.headers.get("Origin") is None or not gate.origin_allowed(request):
-        return refusal(403, "forbidden_origin", "This origin may not run agents here.")
-    return web.Response(
-        status=204,
-        headers={
-            **gate.cors(request),
-            "Access-Control-Allow-Methods": "POST",
-            "Access-Control-Allow-Headers": "Authorization, Content-Type",
-            "Access-Control-Max-Age": "600",
-        },
-    )
-
-
-async def post_run(request: web.Request) -> web.StreamResponse:
-    """POST /agui/{agent}: one run as an SSE stream, through the same gate as a WebSocket."""
-    gate = request.app[GATE]
-    cors = gate.cors(request)
-    admission = await gate.admit(request)
-    if isinstance(admission, web.Response):
-        if admission.status != 403:
-            admission.headers.update(cors)
-        return admission
-    try:
-        adapter = request.app[AGUI]
-        try:
-            agent = adapter.agent(request.match_info["agent"])
-            data = parse_input(await request.read())
-        except web.HTTPRequestEntityTooLarge:
-            return refusal(
-                413,
-                "message_too_large",
-                f"The body is over this server's limit of {request.client_max_size} bytes.",
-                **cors,
-            )
-        except Refused as exc:
-            return refusal(exc.status, exc.code, exc.message, **cors)
-        encoder = EventEncoder()
-        response = web.StreamResponse(
-            headers={
-                "Content-Type": encoder.get_content_type(),
-                "Cache-Control": "no-cache",
-                "X-Accel-Buffering": "no",
-                **cors,
-            }
-        )
-        await response.prepare(request)
-
-        async def write(events: list[BaseEvent]) -> None:
-            if events:
-                await response.write("".join(map(encoder.encode, events)).encode())
-
-        def gone() -> bool:
-            return request.transport is None or request.transport.is_closing()
-
-        await _stream(adapter, admission.principal, agent, data, write, gone)
-        return response
-    finally:
-        gate.release(admission)
-
-
-async def _stream(
-    adapter: Adapter,
-    principal: str | None,
-    agent: str,
-    data: RunAgentInput,
-    write: Callable[[list[BaseEvent]], Awaitable[None]],
-    gone: Callable[[], bool],
-) -> None:
-    """Run `data` and write its events until it ends: with exactly one RUN_FINISHED or
-    RUN_ERROR whatever happens (the client going away stops the turn, as AG-UI's abort)."""
-    reader = Tail(principal)
-    try:
-        try:
-            thread, run = await adapter.start(principal, agent, data, reader)
-        except Refused as exc:
-            await write(
-                [
-                    run_started(data.thread_id, data.run_id),
-                    RunErrorEvent(message=exc.message, code=exc.code),
-                ]
-            )
-            return
-        except Exception:  # the store down, or a bug: the run still ends, in words
-            log.exception("AG-UI run %s could not start", data.run_id)
-            text = "The server failed to start this run; try again. The server log has the details."
-            await write(
-                [
-                    run_started(data.thread_id, data.run_id),
-                    RunErrorEvent(message=text, code="internal_error"),
-                ]
-            )
-            return
-        if thread is None or run is None:
-            await write([run_started(data.thread_id, data.run_id), nothing_to_run(data)])
-            return
-        await _follow(thread, run, reader, write, gone)
-    finally:
-        adapter.sessions.detach(reader)
-
-
-async def _follow(
-    thread: Thread,
-    run: Run,
-    reader: Tail,
-    write: Callable[[list[BaseEvent]], Awaitable[None]],
-    gone: Callable[[], bool],
-) -> None:
-    translator = Translator(thread)
-    session = thread.session
-    try:
-        while True:
-            reader.wake.clear()
-            events = [a for _, seq, event in reader.take() for a in translator.feed(seq, event)]
-            if reader.lost:  # like a client that left: its turn stops
-                await session.cancel("the AG-UI client was too slow.")
-                events += translator.fail(run, "client_too_slow", f"Too slow: {reader.lost}.")
-            elif session.closed and session not in reader.cursors:  # all of it taken
-                events += translator.fail(run, "session_ended", "The session ended.")
-            await write(events)
-            if translator.finished(run):
-                return
-            while not await _woken(reader.wake):
-                if gone():
-                    return
-    except ConnectionError:
-        pass  # the client went away: nothing more can reach it
-    except Exception:
-        log.exception("AG-UI run %s failed", run.id)
-    finally:
-        if not translator.finished(run):
-            await session.cancel("the AG-UI run stopped before its end.")
-            ended = translator.fail(run, "internal_error", "The run stopped on the server.")
-            try:
-                await write(ended)
-            except Exception:
-                pass  # the client is gone, or the server is going
-
-
-async def _woken(event: asyncio.Event) -> bool:
-    """Whether `event` was set within POLL_S."""
-    try:
-        await asyncio.wait_for(event.wait(), POLL_S)
-    except TimeoutError:
-        return False
-    return True
-
-
-def nothing_to_run(data: RunAgentInput) -> RunFinishedEvent:
-    """A resume that only cancelled closed interrupts: the run has nothing to do."""
-    return RunFinishedEvent(thread_id=data.thread_id, run_id=data.run_id, outcome=Success())

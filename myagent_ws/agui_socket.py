@@ -5,7 +5,8 @@ frames to run, and our own user.reconnect and user.cancel; it gets AG-UI events,
 text frame, each with metadata {seq, part}: the session event it came from and its place
 among that event's AG-UI events. A resume sends everything after (last_seq, last_part)
 again, translated anew from the start of the run it belongs to. Only these connections
-translate: a myagent-ws connection never comes here.
+translate: a myagent-ws connection never comes here. app.py imports this module with
+the first such socket: it imports ag_ui.
 """
 
 from __future__ import annotations
@@ -14,14 +15,15 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 from typing import Any
 
 from ag_ui.core import BaseEvent, RunAgentInput, RunErrorEvent
 from aiohttp import WSCloseCode, WSMsgType, web
 from aiolimiter import AsyncLimiter
 
-from .agui import Adapter, Refused, Tail, nothing_to_run, parse_input
-from .agui_translate import Translator, run_started
+from .agui import Adapter, Refused, Tail, parse_input
+from .agui_translate import Translator, nothing_to_run, run_refused
 from .outbound import CLOSE_SLOW_CONSUMER
 from .protocol import Protocol, ProtocolError
 from .session import Session
@@ -52,6 +54,9 @@ class Socket(Tail):
         self.max_bytes = settings.max_frame_bytes
         burst = settings.rate_limit_burst
         self.limiter = AsyncLimiter(burst, burst / settings.rate_limit_per_s)
+        # As Connection._admit says it: when to send again, in words and in metadata.
+        self.retry_after_ms = math.ceil(1000 / settings.rate_limit_per_s)
+        self.rate_text = f"{settings.rate_limit_per_s:g} per second"
         # Per session: its translator, and the position up to which the client has it.
         self.states: dict[Session, tuple[Translator, tuple[int, int]]] = {}
         self.lock = asyncio.Lock()  # one sender at a time; a resume waits for a batch
@@ -62,7 +67,10 @@ class Socket(Tail):
         """Connection-level myagent-ws frames (the heartbeat, a reload's notice) are not
         AG-UI: not sent. WebSocket pings keep the link alive."""
 
-    async def serve(self, agents: list[str]) -> None:
+    async def serve(self, agents: list[str] | None = None) -> None:
+        """Run the socket until the peer or the server closes it. `agents` is there for
+        the call app.py shares with Connection (its system.connected lists them): AG-UI
+        has no such greeting, so it goes unused."""
         self.pump = asyncio.create_task(self._pump(), name=f"pump {self.id}")
         try:
             async for msg in self.ws:
@@ -100,7 +108,7 @@ class Socket(Tail):
                         for agui in translator.feed(seq, event):
                             if (seq, agui.metadata["part"]) > mark:
                                 await self.ws.send_str(agui.model_dump_json(by_alias=True))
-                    for ended in [s for s in self.states if s not in self.cursors]:
+                    for ended in [s for s in self.states if not self.follows(s)]:
                         del self.states[ended]
                 if self.lost:
                     why = b"too slow: reconnect"
@@ -125,7 +133,12 @@ class Socket(Tail):
     async def _handle(self, data: str) -> None:
         try:
             if not self.limiter.has_capacity():
-                raise Refused("rate_limited", "Too many frames; wait a moment and send again.")
+                raise ProtocolError(
+                    "rate_limited",
+                    f"Too many messages: this server accepts {self.rate_text} per connection; "
+                    f"wait {self.retry_after_ms} ms and send again.",
+                    retry_after_ms=self.retry_after_ms,
+                )
             await self.limiter.acquire()
             if len(data) > self.max_bytes or len(data.encode("utf-8", "replace")) > self.max_bytes:
                 raise Refused("message_too_large", f"Frames are {self.max_bytes} bytes at most.")
@@ -137,8 +150,10 @@ class Socket(Tail):
                 await self._ours(self.protocol.decode(data))
             else:
                 await self._run(parse_input(data))
-        except (Refused, ProtocolError) as exc:
+        except Refused as exc:
             await self._error(exc.code, exc.message)
+        except ProtocolError as exc:
+            await self._error(exc.code, exc.message, **exc.metadata)
         except Exception:
             log.exception("ag-ui connection %s: handling a frame failed", self.id)
             await self._error("internal_error", "The server failed to handle that frame.")
@@ -152,15 +167,10 @@ class Socket(Tail):
             agent = self.adapter.agent(name)
             _, run = await self.adapter.start(self.principal, agent, data, self)
         except Refused as exc:
-            await self._reply(
-                [
-                    run_started(data.thread_id, data.run_id),
-                    RunErrorEvent(message=exc.message, code=exc.code),
-                ]
-            )
+            await self._reply(run_refused(data.thread_id, data.run_id, exc.code, exc.message))
             return
         if run is None:  # its events come through the pump otherwise
-            await self._reply([run_started(data.thread_id, data.run_id), nothing_to_run(data)])
+            await self._reply(nothing_to_run(data.thread_id, data.run_id))
 
     async def _ours(self, message: dict[str, Any]) -> None:
         """user.reconnect and user.cancel, as in our own protocol."""
@@ -196,8 +206,10 @@ class Socket(Tail):
         if gap:
             await self._error("replay_gap", f"Events after seq {last_seq} are no longer kept.")
 
-    async def _error(self, code: str, message: str) -> None:
-        await self._reply([RunErrorEvent(message=message, code=code)])
+    async def _error(self, code: str, message: str, **metadata: Any) -> None:
+        """RUN_ERROR, with no metadata but what the error carries (rate_limited's
+        retry_after_ms): it is no session event, so it has no seq."""
+        await self._reply([RunErrorEvent(message=message, code=code, metadata=metadata or None)])
 
     async def _reply(self, events: list[BaseEvent]) -> None:
         """Answers to the client's own frames: not session events, so no seq."""

@@ -3,15 +3,14 @@
 A pure function of the session's events and the thread's runs: ids come from event ids
 and timestamps from event timestamps, so translating a stretch again (a WebSocket client
 resuming) gives exactly the events sent the first time. Events are the official
-ag-ui-protocol models; nothing here is written by hand.
+ag-ui-protocol models; nothing here is written by hand. Only agui_http and agui_socket
+import this, so ag_ui loads with the first AG-UI client, not with the server.
 """
 
 from __future__ import annotations
 
 import json
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -36,39 +35,14 @@ from ag_ui.core import (
     ToolCallStartEvent,
 )
 
-from .session import Session
+from .agui import Run, Thread
 
-RUNS_KEPT = 16  # runs a thread remembers, for WebSocket clients resuming into them
 # What an interrupt's resume payload holds (docs.ag-ui.com/concepts/interrupts).
 ANSWER_SCHEMA = {
     "type": "object",
     "properties": {"approved": {"type": "boolean"}, "feedback": {"type": "string"}},
     "required": ["approved"],
 }
-
-
-@dataclass(slots=True)
-class Run:
-    id: str
-    after: int  # the session's events after this seq are the run's, up to its end
-
-
-class Thread:
-    """One AG-UI thread: its session and its latest runs."""
-
-    __slots__ = ("id", "runs", "session")
-
-    def __init__(self, thread_id: str, session: Session) -> None:
-        self.id = thread_id
-        self.session = session
-        self.runs: deque[Run] = deque(maxlen=RUNS_KEPT)
-
-    def run_of(self, seq: int) -> Run | None:
-        """The run event `seq` belongs to if any: the latest that began before it."""
-        for run in reversed(self.runs):
-            if run.after < seq:
-                return run
-        return None
 
 
 def _ms(timestamp: str | None) -> int | None:
@@ -102,8 +76,7 @@ class Translator:
             if self.open:
                 out += self._end(RunErrorEvent(message="A newer run took over.", code="superseded"))
             self.run, self.open, self.message, self.step = run, True, None, None
-            out.append(RunStartedEvent(thread_id=self.thread.id, run_id=run.id))
-            out[-1].protocol_version = PROTOCOL_VERSION
+            out.append(run_started(self.thread.id, run.id))
         out += handler(self, event)
         stamp = _ms(event.get("timestamp"))
         where = {"seq": seq, "session_id": event["session_id"], "thread_id": self.thread.id}
@@ -117,10 +90,9 @@ class Translator:
         """Events that end `run` with RUN_ERROR, whatever it got to (none if it ended)."""
         if self.finished(run):
             return []
-        error = RunErrorEvent(message=message, code=code)
         if self.run is not run:
-            return [RunStartedEvent(thread_id=self.thread.id, run_id=run.id), error]
-        return self._end(error)
+            return run_refused(self.thread.id, run.id, code, message)
+        return self._end(RunErrorEvent(message=message, code=code))
 
     def _end_text(self) -> list[BaseEvent]:
         message, self.message = self.message, None
@@ -231,3 +203,17 @@ def run_started(thread_id: str, run_id: str) -> RunStartedEvent:
     event = RunStartedEvent(thread_id=thread_id, run_id=run_id)
     event.protocol_version = PROTOCOL_VERSION
     return event
+
+
+def run_refused(thread_id: str, run_id: str, code: str, message: str) -> list[BaseEvent]:
+    """A run that ends before it did anything: RUN_STARTED, then RUN_ERROR with `code`."""
+    return [run_started(thread_id, run_id), RunErrorEvent(message=message, code=code)]
+
+
+def nothing_to_run(thread_id: str, run_id: str) -> list[BaseEvent]:
+    """A resume that only cancelled closed interrupts: the run has nothing to do."""
+    outcome = RunFinishedSuccessOutcome()
+    return [
+        run_started(thread_id, run_id),
+        RunFinishedEvent(thread_id=thread_id, run_id=run_id, outcome=outcome),
+    ]

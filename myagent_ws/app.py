@@ -16,7 +16,7 @@ from aiohttp import WSCloseCode, web
 
 from myagent.llm import model_from_env
 
-from . import agui, agui_socket, console, drain
+from . import agui, console, drain
 from .auth import AGUI_SUBPROTOCOL, SUBPROTOCOL, Auth
 from .cluster import SharedSessions
 from .connection import Connection
@@ -171,6 +171,8 @@ async def endpoint(request: web.Request) -> web.StreamResponse:
     try:
         await ws.prepare(request)
         if ws.ws_protocol == AGUI_SUBPROTOCOL:  # the AG-UI binding: its own reader
+            from . import agui_socket  # with ag_ui: loaded by the first AG-UI client
+
             connection = agui_socket.Socket(
                 ws, app[agui.AGUI], app[PROTOCOL], settings, admission.principal
             )

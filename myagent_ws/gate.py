@@ -291,9 +291,13 @@ class Gate:
         return web.json_response(body, headers={**self.cors(request), "Cache-Control": "no-store"})
 
     async def ticket_preflight(self, request: web.Request) -> web.Response:
-        """OPTIONS /auth/ticket: the CORS preflight, answered for allowed origins only."""
+        """OPTIONS /auth/ticket."""
+        return self.preflight(request, "This origin may not fetch tickets.")
+
+    def preflight(self, request: web.Request, refused: str) -> web.Response:
+        """A CORS preflight for a POST, answered for allowed origins only."""
         if request.headers.get("Origin") is None or not self.origin_allowed(request):
-            return refusal(403, "forbidden_origin", "This origin may not fetch tickets.")
+            return refusal(403, "forbidden_origin", refused)
         return web.Response(
             status=204,
             headers={

@@ -60,8 +60,8 @@ def text_frame(payload: bytes) -> bytes:
     return _HEADER_LONG(0x81, 127, size) + payload
 
 
-class _Cursor:
-    """Where one connection is in one session's buffer."""
+class Cursor:
+    """Where one reader is in one session's buffer."""
 
     __slots__ = ("acked", "live_from", "owed", "sent")
 
@@ -72,71 +72,20 @@ class _Cursor:
         self.acked = sent  # the highest seq the client acknowledged
 
 
-class Outbound:
-    """Sends a connection's frames in order; what sessions call (the Reader protocol)."""
+class Paced:
+    """How a reader that follows sessions at its own cursors paces their turns: this
+    connection, and the AG-UI readers (agui.Tail). A turn waits while the reader owes more
+    than `send_limit` bytes, or half of the session's replay buffer in events or in bytes;
+    after `send_timeout_s` the reader is dropped and the turn goes on. One implementation
+    for both, inherited rather than called: `behind` runs for every event a backlogged
+    connection owes, so it costs no extra call."""
 
-    def __init__(
-        self,
-        id: str,
-        ws: web.WebSocketResponse,
-        transport: asyncio.BaseTransport | None,
-        send_limit: int,
-        metrics: Metrics,
-        debug: bool,
-    ) -> None:
-        self.id = id
-        self.ws = ws
-        self.send_limit = send_limit
-        self.debug = debug
-        self._metrics = metrics
-        # Bytes owed and not yet written: queued frames, plus live events of attached
-        # sessions (a replay owes nothing new: those frames are in the buffer already).
-        self.pending = 0
-        self._queue: deque[bytes] | None = None  # made when first needed
-        self._cursors: dict[Session, _Cursor] = {}
-        self._transport = transport
-        # Frames may go straight out whenever no writer runs (then nothing is owed): only
-        # without permessage-deflate (the frame is written as it is), with a transport,
-        # and until the connection closes.
-        self._direct = transport is not None and not ws.compress
-        self._writer: asyncio.Task[None] | None = None
-        self._progress: asyncio.Event | None = None  # made when a turn waits for this client
-        self._closing = False  # write what is owed, then stop
-        self._dropped = False  # too slow: stop at once
-        self._closer: asyncio.Task[None] | None = None
-
-    # -- what sessions call ----------------------------------------------------------------
-
-    def attach(self, session: Session, cursor: int) -> None:
-        """Send `session` from the event after `cursor` on."""
-        previous = self._cursors.get(session)
-        if previous is not None:
-            self.pending -= previous.owed
-        self._cursors[session] = _Cursor(cursor, session.buffer.last_seq)
-        self._kick()
-
-    def notify(self, session: Session, frame: bytes) -> bool:
-        """`frame`, the newest event of `session`, is in its buffer; True if this
-        connection is now behind, so the producer should wait for it."""
-        if self._dropped:
-            return False
-        cursor = self._cursors[session]
-        if (
-            self._writer is None
-            and self._direct
-            and cursor.sent + 1 == session.seq
-            and self._write_now(frame)
-        ):
-            cursor.sent += 1
-            return False
-        size = len(frame)
-        cursor.owed += size
-        return self._owe(size) and self.behind(session)
-
-    def sent(self, session: Session) -> int:
-        """The last seq of `session` handed to the socket (all of it, once dropped)."""
-        cursor = self._cursors.get(session)
-        return session.seq if cursor is None or self._dropped else cursor.sent
+    pending: int  # bytes owed, across sessions
+    send_limit: float
+    _cursors: dict[Session, Cursor]
+    _dropped: bool  # too slow: no longer paces anything
+    _closing: bool
+    _progress: asyncio.Event | None  # set when the reader took something, or was dropped
 
     def behind(self, session: Session) -> bool:
         """Whether this client lags too far to let `session` produce more for now."""
@@ -164,6 +113,77 @@ class Outbound:
             except TimeoutError:
                 self._drop(f"it stayed behind for {timeout_s:g} s")
                 return
+
+    def _drop(self, why: str) -> None:
+        """Stop following: this reader could not keep up."""
+        raise NotImplementedError
+
+
+class Outbound(Paced):
+    """Sends a connection's frames in order; what sessions call (the Reader protocol)."""
+
+    def __init__(
+        self,
+        id: str,
+        ws: web.WebSocketResponse,
+        transport: asyncio.BaseTransport | None,
+        send_limit: int,
+        metrics: Metrics,
+        debug: bool,
+    ) -> None:
+        self.id = id
+        self.ws = ws
+        self.send_limit = send_limit
+        self.debug = debug
+        self._metrics = metrics
+        # Bytes owed and not yet written: queued frames, plus live events of attached
+        # sessions (a replay owes nothing new: those frames are in the buffer already).
+        self.pending = 0
+        self._queue: deque[bytes] | None = None  # made when first needed
+        self._cursors: dict[Session, Cursor] = {}
+        self._transport = transport
+        # Frames may go straight out whenever no writer runs (then nothing is owed): only
+        # without permessage-deflate (the frame is written as it is), with a transport,
+        # and until the connection closes.
+        self._direct = transport is not None and not ws.compress
+        self._writer: asyncio.Task[None] | None = None
+        self._progress: asyncio.Event | None = None  # made when a turn waits for this client
+        self._closing = False  # write what is owed, then stop
+        self._dropped = False  # too slow: stop at once
+        self._closer: asyncio.Task[None] | None = None
+
+    # -- what sessions call ----------------------------------------------------------------
+
+    def attach(self, session: Session, cursor: int) -> None:
+        """Send `session` from the event after `cursor` on."""
+        previous = self._cursors.get(session)
+        if previous is not None:
+            self.pending -= previous.owed
+        self._cursors[session] = Cursor(cursor, session.buffer.last_seq)
+        self._kick()
+
+    def notify(self, session: Session, frame: bytes) -> bool:
+        """`frame`, the newest event of `session`, is in its buffer; True if this
+        connection is now behind, so the producer should wait for it."""
+        if self._dropped:
+            return False
+        cursor = self._cursors[session]
+        if (
+            self._writer is None
+            and self._direct
+            and cursor.sent + 1 == session.seq
+            and self._write_now(frame)
+        ):
+            cursor.sent += 1
+            return False
+        size = len(frame)
+        cursor.owed += size
+        return self._owe(size) and self.behind(session)
+
+    def sent(self, session: Session) -> int:
+        """The last seq of `session` handed to the socket (all of it, once dropped)."""
+        cursor = self._cursors.get(session)
+        return session.seq if cursor is None or self._dropped else cursor.sent
 
     def acknowledge(self, session: Session, last_seq: int) -> bool:
         """The client has `session` up to `last_seq` (never past what was sent to it);

@@ -1,7 +1,7 @@
-"""The AG-UI adapter against a real server: POST /agui/{agent} streams SSE that validates
-event by event against the official ag-ui-protocol models; a thread keeps its memory; a
-confirmation is an interrupt the next run resumes; the `ag-ui` WebSocket binding resumes
-by seq; and the official @ag-ui/client (Node) completes runs against the endpoint."""
+"""The AG-UI adapter's HTTP endpoint against a real server: POST /agui/{agent} streams SSE
+that validates event by event against the official ag-ui-protocol models; a thread keeps
+its memory; a confirmation is an interrupt the next run resumes; and the official
+@ag-ui/client (Node) completes runs against the endpoint."""
 
 from __future__ import annotations
 
@@ -13,145 +13,38 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from ag_ui.core import BaseEvent, Event, Interrupt
-from pydantic import BaseModel, TypeAdapter
+from ag_ui.core import BaseEvent
 
 from myagent import Model, ModelReply, create_react_agent
 from myagent_ws.agui import AGUI
 from myagent_ws.keys import SESSIONS
 from myagent_ws.redis_store import RedisStore
 from tests.agents import WaitTool, counting_agent, key, looping_agent, waiting_agent
+from tests.agui_helpers import (
+    ASK,
+    BEIJING,
+    BOOKING,
+    agui_socket,
+    bookings,
+    check,
+    check_run,
+    error_code,
+    outcome,
+    parse_sse,
+    post,
+    resume,
+    run_input,
+    session_events,
+    text_of,
+    the_session,
+    url,
+)
 from tests.cluster import REDIS_URL, delete_keys, fresh_prefix, redis_available
-from tests.conftest import EXAMPLES, ROOT, TOKENS, WEATHER
+from tests.conftest import ROOT, TOKENS, WEATHER
 
-BOOKING = str(EXAMPLES / "booking_agent.py")
 SLOW = str(ROOT / "tests" / "fixtures" / "slow_agent.py")
-ASK = "Book a table for 2 at Luigi at 19:30"
-BEIJING = "北京今天天气怎么样？"
-EVENT = TypeAdapter(Event)
 NPM_ROOT = Path(sys.prefix) / "npm"
 NODE_SCRIPT = ROOT / "tests" / "agui" / "run.mjs"
-
-
-# -- checking events -------------------------------------------------------------------------
-
-
-def no_extras(model: BaseModel) -> None:
-    """The models keep unknown fields (extra="allow"): a valid event has none, anywhere."""
-    assert not model.model_extra, f"{type(model).__name__} has unknown fields {model.model_extra}"
-    for value in model.__dict__.values():
-        for item in value if isinstance(value, list) else [value]:
-            if isinstance(item, BaseModel):
-                no_extras(item)
-
-
-def check(raw: dict[str, Any]) -> BaseEvent:
-    """One event as sent: valid for the package's Event union, its class the one its
-    type names, nothing unknown, and the same JSON when the model serialises it again."""
-    event = EVENT.validate_python(raw)
-    assert event.type.value == raw["type"]
-    assert type(event).__name__ == "".join(w.title() for w in raw["type"].split("_")) + "Event"
-    no_extras(event)
-    assert json.loads(event.model_dump_json(by_alias=True)) == raw
-    return event
-
-
-def check_run(events: list[BaseEvent], resumed_calls: set[str] = frozenset()) -> None:
-    """One run's order: RUN_STARTED first, one RUN_FINISHED or RUN_ERROR last; messages,
-    tool calls and steps open and close in pairs; each tool result answers a call of this
-    run (or one of `resumed_calls`, whose proposal came in the run an interrupt ended)."""
-    types = [e.type.value for e in events]
-    assert types[0] == "RUN_STARTED", types
-    assert types[-1] in ("RUN_FINISHED", "RUN_ERROR"), types
-    assert sum(t in ("RUN_FINISHED", "RUN_ERROR") for t in types) == 1, types
-    assert types.count("RUN_STARTED") == 1
-    run_id = events[0].run_id
-    messages: set[str] = set()
-    calls: dict[str, str] = {}
-    ended_calls = set(resumed_calls)
-    steps: set[str] = set()
-    for event in events:
-        match event.type.value:
-            case "TEXT_MESSAGE_START":
-                assert event.message_id not in messages
-                messages.add(event.message_id)
-            case "TEXT_MESSAGE_CONTENT":
-                assert event.message_id in messages
-            case "TEXT_MESSAGE_END":
-                messages.remove(event.message_id)
-            case "TOOL_CALL_START":
-                assert event.tool_call_id not in calls
-                calls[event.tool_call_id] = ""
-            case "TOOL_CALL_ARGS":
-                calls[event.tool_call_id] += event.delta
-            case "TOOL_CALL_END":
-                json.loads(calls[event.tool_call_id])  # whole JSON arguments
-                ended_calls.add(event.tool_call_id)
-            case "TOOL_CALL_RESULT":
-                assert event.tool_call_id in ended_calls, event
-            case "STEP_STARTED":
-                assert event.step_name not in steps
-                steps.add(event.step_name)
-            case "STEP_FINISHED":
-                steps.remove(event.step_name)
-            case "RUN_FINISHED":
-                assert event.run_id == run_id
-        if event.metadata and "run_id" in event.metadata:
-            assert event.metadata["run_id"] == run_id
-    if types[-1] == "RUN_FINISHED":
-        assert not messages and not steps, (messages, steps)
-
-
-def text_of(events: list[BaseEvent]) -> str:
-    return "".join(e.delta for e in events if e.type.value == "TEXT_MESSAGE_CONTENT")
-
-
-def outcome(events: list[BaseEvent]) -> Any:
-    assert events[-1].type.value == "RUN_FINISHED", events[-1]
-    return events[-1].outcome
-
-
-def error_code(events: list[BaseEvent]) -> str | None:
-    assert events[-1].type.value == "RUN_ERROR", events[-1]
-    return events[-1].code
-
-
-def run_input(thread: str, text: str | None = None, **fields: Any) -> dict[str, Any]:
-    messages = [{"id": uuid.uuid4().hex, "role": "user", "content": text}] if text else []
-    return {"threadId": thread, "runId": uuid.uuid4().hex, "messages": messages, **fields}
-
-
-def resume(interrupt: Interrupt, **payload: Any) -> list[dict[str, Any]]:
-    return [{"interruptId": interrupt.id, "status": "resolved", "payload": payload}]
-
-
-# -- the SSE endpoint ------------------------------------------------------------------------
-
-
-def parse_sse(text: str) -> list[BaseEvent]:
-    """Every SSE message the server sent, as EventEncoder frames them: `data: <json>`."""
-    assert text.endswith("\n\n"), text[-200:]
-    frames = text[:-2].split("\n\n")
-    assert all(f.startswith("data: ") and "\n" not in f for f in frames), frames
-    return [check(json.loads(f[len("data: ") :])) for f in frames]
-
-
-def url(server: Any, path: str) -> Any:
-    """`path` on a TestServer from `serve`, or on the real server from `cli_server`."""
-    return server.make_url(path) if hasattr(server, "make_url") else server.http + path
-
-
-async def post(server: Any, agent: str, body: Any, **options: Any) -> list[BaseEvent]:
-    """One run: its checked events."""
-    async with (
-        aiohttp.ClientSession() as http,
-        http.post(url(server, f"/agui/{agent}"), json=body, **options) as response,
-    ):
-        assert response.status == 200, await response.text()
-        assert response.headers["Content-Type"] == "text/event-stream"
-        events = parse_sse(await response.text())
-    check_run(events)
-    return events
 
 
 async def refused(server: Any, agent: str, status: int, **options: Any) -> dict[str, Any]:
@@ -164,22 +57,6 @@ async def refused(server: Any, agent: str, status: int, **options: Any) -> dict[
         assert response.status == status, body
         assert set(body) == {"error", "message"} and "Traceback" not in body["message"]
         return body
-
-
-def session_events(server: Any, session_id: str) -> list[dict[str, Any]]:
-    """The session's own events, from its replay buffer."""
-    session = server.app[SESSIONS].sessions[session_id]
-    buffer = session.buffer
-    return [json.loads(buffer.get(seq)) for seq in range(buffer.first_seq, buffer.last_seq + 1)]
-
-
-def the_session(server: Any) -> Any:
-    (session,) = server.app[SESSIONS].sessions.values()
-    return session
-
-
-def bookings(server: Any) -> list[dict[str, Any]]:
-    return the_session(server).agent.tools[0].bookings
 
 
 async def test_a_run_streams_valid_events_that_say_what_the_session_did(serve):
@@ -463,164 +340,6 @@ async def test_auth_and_origins_gate_the_endpoint_like_the_websocket(serve, toke
         evil_origin = {**origin, "Origin": "https://evil.example"}
         async with http.options(server.make_url("/agui/counter"), headers=evil_origin) as r:
             assert r.status == 403
-
-
-# -- the ag-ui WebSocket binding -------------------------------------------------------------
-
-
-class AguiSocket:
-    """A client of the `ag-ui` subprotocol: every frame checked against the models."""
-
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        self.ws = ws
-        self.frames: list[dict[str, Any]] = []
-
-    async def send(self, message: dict[str, Any]) -> None:
-        await self.ws.send_str(json.dumps(message))
-
-    async def recv(self) -> BaseEvent:
-        msg = await self.ws.receive(timeout=5)
-        assert msg.type is aiohttp.WSMsgType.TEXT, msg
-        raw = json.loads(msg.data)
-        self.frames.append(raw)
-        return check(raw)
-
-    async def until(self, *types: str) -> list[BaseEvent]:
-        """Events up to and including the first of one of `types`."""
-        events = []
-        while not events or events[-1].type.value not in types:
-            events.append(await self.recv())
-        return events
-
-
-async def agui_socket(http: aiohttp.ClientSession, server: Any, *offers: str) -> AguiSocket:
-    ws = await http.ws_connect(server.make_url("/"), protocols=offers or ("ag-ui",))
-    assert ws.protocol == "ag-ui"
-    return AguiSocket(ws)
-
-
-def position(raw: dict[str, Any]) -> tuple[int, int]:
-    return raw["metadata"]["seq"], raw["metadata"]["part"]
-
-
-async def test_the_websocket_binding_sends_the_same_events_with_seq(serve):
-    server = await serve(files=(WEATHER, BOOKING), agents=(waiting_agent(),))
-    sse = await post(server, "weather-assistant", run_input("s", BEIJING))
-    async with aiohttp.ClientSession() as http:
-        client = await agui_socket(http, server)
-        body = run_input("w", BEIJING, forwardedProps={"agent": "weather-assistant"})
-        await client.send(body)
-        events = await client.until("RUN_FINISHED", "RUN_ERROR")
-        check_run(events)
-        assert [e.type for e in events] == [e.type for e in sse]
-        assert text_of(events) == text_of(sse)
-        positions = [position(raw) for raw in client.frames]
-        assert positions == sorted(set(positions))  # strictly increasing: each frame once
-        session_id = client.frames[0]["metadata"]["session_id"]
-        own = {e["seq"]: e["event"] for e in session_events(server, session_id)}
-        assert own[position(client.frames[2])[0]] == "agent.tool_call"  # TOOL_CALL_START
-        # Frames it cannot take get RUN_ERROR (no seq: not session events); it stays open.
-        await client.send({"event": "user.list_agents"})
-        assert error_code([await client.recv()]) == "unknown_event"
-        await client.send({"threadId": "w"})
-        assert error_code([await client.recv()]) == "invalid_input"
-        await client.send(run_input("x", "hi"))  # two agents: which one?
-        refusal = [await client.recv(), await client.recv()]
-        assert error_code(refusal) == "agent_required" and "metadata" not in client.frames[-1]
-        # An interrupt, answered on the same socket.
-        booking = {"agent": "booking-assistant"}
-        await client.send(run_input("b", ASK, forwardedProps=booking))
-        interrupted = await client.until("RUN_FINISHED")
-        (interrupt,) = outcome(interrupted).interrupts
-        await client.send(
-            run_input("b", resume=resume(interrupt, approved=True), forwardedProps=booking)
-        )
-        answered = await client.until("RUN_FINISHED")
-        check_run(answered, resumed_calls={interrupt.id})
-        assert "booking #1" in text_of(answered)
-        # user.cancel stops a run: RUN_FINISHED with the cancelled outcome.
-        gate = key()
-        await client.send(run_input("c", gate, forwardedProps={"agent": "waiter"}))
-        await asyncio.wait_for(WaitTool.entered(gate).wait(), 5)
-        started = await client.recv()
-        await client.send({"event": "user.cancel", "session_id": started.metadata["session_id"]})
-        cancelled = [started, *await client.until("RUN_FINISHED")]
-        check_run(cancelled)
-        assert outcome(cancelled).type == "cancelled"
-        await client.ws.close()
-
-
-async def test_a_websocket_client_resumes_by_seq_exactly_once(serve):
-    server = await serve(files=(), agents=(waiting_agent(),))
-    gate = key()
-    async with aiohttp.ClientSession() as http:
-        first = await agui_socket(http, server)
-        await first.send(run_input("t", gate))
-        # Cut the link in the middle of one session event's frames (START, ARGS, END).
-        await first.until("TOOL_CALL_ARGS")
-        await first.ws.close()
-        WaitTool.gate(gate).set()
-        session = the_session(server)
-        async with asyncio.timeout(5):
-            while session.busy:
-                await asyncio.sleep(0.02)
-        seq, part = position(first.frames[-1])
-        second = await agui_socket(http, server)
-        await second.send(
-            {
-                "event": "user.reconnect",
-                "session_id": session.id,
-                "content": {"last_seq": seq, "last_part": part},
-            }
-        )
-        rest = await second.until("RUN_FINISHED")
-        assert rest[0].type.value == "TOOL_CALL_END"
-        # Everything again, from the start: the same frames, byte for byte.
-        third = await agui_socket(http, server)
-        await third.send(
-            {"event": "user.reconnect", "session_id": session.id, "content": {"last_seq": 0}}
-        )
-        everything = await third.until("RUN_FINISHED")
-        assert first.frames + second.frames == third.frames
-        check_run(everything)
-        assert "gate" in text_of(everything)
-        # Not this principal's session, or none: RUN_ERROR, and nothing replayed.
-        await third.send({"event": "user.reconnect", "session_id": "s_nope"})
-        assert error_code([await third.recv()]) == "session_not_found"
-
-
-async def test_a_resume_past_the_replay_buffer_says_so(serve):
-    server = await serve(files=(WEATHER,), replay_buffer=4)
-    async with aiohttp.ClientSession() as http:
-        first = await agui_socket(http, server)
-        await first.send(run_input("t", BEIJING))
-        await first.until("RUN_FINISHED")
-        session_id = first.frames[0]["metadata"]["session_id"]
-        await first.ws.close()
-        second = await agui_socket(http, server)
-        await second.send({"event": "user.reconnect", "session_id": session_id})
-        assert error_code([await second.recv()]) == "replay_gap"
-        # Live frames follow: the next run on the thread arrives whole.
-        await second.send(run_input("t", BEIJING))
-        check_run(await second.until("RUN_FINISHED"))
-
-
-async def test_the_websocket_binding_takes_the_token_as_a_subprotocol(serve, tokens_file):
-    server = await serve(files=(), agents=(counting_agent(),), auth_tokens_file=tokens_file)
-    async with aiohttp.ClientSession() as http:
-        client = await agui_socket(http, server, "ag-ui", f"bearer.{TOKENS['alice']}")
-        await client.send(run_input("t", "hello"))
-        assert text_of(await client.until("RUN_FINISHED")) == "1: hello"
-        alice_session = client.frames[-1]["metadata"]["session_id"]
-        bob = await agui_socket(http, server, "ag-ui", f"bearer.{TOKENS['bob']}")
-        await bob.send({"event": "user.reconnect", "session_id": alice_session})
-        assert error_code([await bob.recv()]) == "forbidden"
-        upgrade = http.ws_connect(server.make_url("/"), protocols=("ag-ui", "bearer.wrong"))
-        try:
-            await upgrade
-            raise AssertionError("a wrong token was let in")
-        except aiohttp.WSServerHandshakeError as exc:
-            assert exc.status == 401
 
 
 # -- the official client -----------------------------------------------------------------------
