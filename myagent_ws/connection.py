@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
+import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -34,6 +35,9 @@ from .store import StoreUnavailable, store_down
 __all__ = ["CLOSE_SLOW_CONSUMER", "Connection"]
 
 _ids = itertools.count(1)
+# Connection ids are unique across processes (an agent.session_resumed names the one that
+# reconnected, and on Redis it reaches every process's connections to the session).
+_PROCESS = secrets.token_hex(3)
 
 
 class Connection(Outbound):
@@ -49,7 +53,7 @@ class Connection(Outbound):
         principal: str | None = None,
     ) -> None:
         super().__init__(
-            f"c_{next(_ids)}",
+            f"c_{_PROCESS}_{next(_ids)}",
             ws,
             transport,
             settings.send_buffer_bytes,

@@ -274,7 +274,12 @@ async def test_reconnect_replays_missed_events(serve, connect):
         replayed.append(event)
     assert [e["seq"] for e in replayed] == list(range(2, 2 + len(replayed)))
     assert replayed[-1]["event"] == "agent.final_answer"
-    assert event["metadata"] == {"last_seq": 1, "replayed": len(replayed), "pending_confirm": []}
+    assert event["metadata"] == {
+        "last_seq": 1,
+        "replayed": len(replayed),
+        "pending_confirm": [],
+        "connection_id": second.received[0]["metadata"]["connection_id"],  # who reconnected
+    }
     assert event["seq"] == replayed[-1]["seq"] + 1
     # Live events continue on the new connection.
     assert (await second.turn(sid, "Tokyo again"))[-1]["event"] == "agent.final_answer"

@@ -459,6 +459,7 @@ export class MyAgentClient extends EventTarget {
    */
   _answersReattach(session, event) {
     const meta = event.metadata || {};
+    // This server names the connection that reconnected; the checks after it serve older ones.
     if (meta.connection_id !== undefined) return meta.connection_id === this.info?.connection_id;
     if (event.seq <= session.knownSeq) return false;
     if (Number.isInteger(meta.replayed) && meta.replayed !== session.replayCount) return false;
