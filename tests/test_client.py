@@ -11,8 +11,9 @@ import pytest
 
 from bench.linkcut import LinkCutter
 from myagent import Model, ModelReply, create_react_agent
-from myagent_ws.client import TERMINAL, Backoff, ClientError, connect
+from myagent_ws.client import TERMINAL, Backoff, Client, ClientError, connect
 from myagent_ws.keys import SESSIONS
+from myagent_ws.protocol import Protocol
 from myagent_ws.redis_store import RedisStore
 from tests.agents import WaitTool, burst_agent, counting_agent, key, waiting_agent
 from tests.client import WsClient, names
@@ -21,6 +22,20 @@ from tests.conftest import EXAMPLES, TOKENS
 
 BOOKING = str(EXAMPLES / "booking_agent.py")
 FAST = Backoff(initial_s=0.02, max_s=0.2)
+_protocol = Protocol()
+
+
+@pytest.fixture(autouse=True)
+def every_frame_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every frame the client reads is checked against the outbound schemas first, as
+    tests/client.py's WsClient does."""
+    on_frame = Client._on_frame
+
+    async def checked(self: Client, event: dict[str, Any], size: int) -> None:
+        _protocol.check_outbound(event)
+        await on_frame(self, event, size)
+
+    monkeypatch.setattr(Client, "_on_frame", checked)
 
 
 class PacedModel(Model):
