@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import json
 import math
 import time
@@ -29,7 +28,7 @@ import orjson
 from aiohttp import web
 
 from .keys import SESSIONS, SETTINGS
-from .outbound import Cursor, Paced
+from .outbound import Cursor, Paced, new_reader_id
 from .protocol import MAX_ID_LENGTH, ProtocolError
 from .session import Reader, Session
 from .sessions import SessionManager
@@ -37,7 +36,6 @@ from .sessions import SessionManager
 if TYPE_CHECKING:
     from ag_ui.core import RunAgentInput
 
-_ids = itertools.count(1)
 
 RUNS_KEPT = 16  # runs a thread remembers, for WebSocket clients resuming into them
 ANSWER_HINT = 'Answer it with payload {"approved": true or false, "feedback": "..."}.'
@@ -84,10 +82,10 @@ class Tail(Paced):
 
     pending = 0
     send_limit = math.inf
-    _closing = False  # a Tail stops following through _drop(), never by closing
+    _closing = False  # a Tail stops following through _drop(); a Socket also by closing
 
     def __init__(self, principal: str | None) -> None:
-        self.id = f"agui_{next(_ids)}"
+        self.id = new_reader_id("agui")
         self.principal = principal
         self._cursors: dict[Session, Cursor] = {}
         self._progress: asyncio.Event | None = None

@@ -60,7 +60,6 @@ class Socket(Tail):
         # Per session: its translator, and the position up to which the client has it.
         self.states: dict[Session, tuple[Translator, tuple[int, int]]] = {}
         self.lock = asyncio.Lock()  # one sender at a time; a resume waits for a batch
-        self.closing = False
         self.pump: asyncio.Task[None] | None = None
 
     def send(self, frame: bytes) -> None:
@@ -84,8 +83,10 @@ class Socket(Tail):
 
     async def close(self, code: int = WSCloseCode.OK, timeout_s: float = 5.0) -> None:
         """Send what is owed (for timeout_s at most), then close."""
-        self.closing = True
+        self._closing = True  # Paced.behind: a closing reader holds no turn back
         self.wake.set()
+        if self._progress is not None:
+            self._progress.set()
         if self.pump is not None and not self.pump.done():
             try:
                 await asyncio.wait_for(asyncio.shield(self.pump), timeout_s)
@@ -114,7 +115,7 @@ class Socket(Tail):
                     why = b"too slow: reconnect"
                     await asyncio.wait_for(self.ws.close(code=CLOSE_SLOW_CONSUMER, message=why), 2)
                     return
-                if self.closing:
+                if self._closing:
                     return
                 await self.wake.wait()
         except (ConnectionError, TimeoutError):

@@ -105,9 +105,6 @@ class Chat:
         self.turn_task: asyncio.Task[None] | None = None
         self.interrupts = 0  # Ctrl-C presses during the running turn
         self.streamed = False  # this step's answer came in pieces, so it is on screen
-        # step_id -> (approved, client.reconnects when the answer went out). A question the
-        # server puts again after a reconnect is never put to the person twice; the answer
-        # is sent again only if it may have been lost with the old link.
         self.cancelling: asyncio.Task[None] | None = None  # held, or it may be collected
         self.prompt = PromptSession[str]() if interactive else None
         self.asker = PromptSession[str]() if interactive else None  # its own history
@@ -249,7 +246,11 @@ class Chat:
             screen.line("cancelled" if self.interrupts else f"Interrupted: {content}", "yellow")
         elif name in ("agent.error", "agent.timeout"):
             screen.line(f"{'Error' if name == 'agent.error' else 'Timed out'}: {content}", "red")
-        elif name == "agent.session_resumed" and "replay_gap" in meta:
+        elif (
+            name == "agent.session_resumed"
+            and "replay_gap" in meta  # of this connection's re-attach, not another tab's
+            and meta.get("connection_id") in (None, self.client.info.get("connection_id"))
+        ):
             screen.line(f"Some events were lost while offline: {meta['replay_gap']}", "yellow")
         elif name == "system.notice":  # e.g. queued behind a turn another tab runs
             screen.line(str(content), "dim")

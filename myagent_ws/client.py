@@ -66,7 +66,7 @@ class Client:
         ack_interval_s: float = 0.5,
         request_timeout_s: float = 15.0,
         turn_timeout_s: float = 600.0,
-        max_queued_bytes: int = 64 * 2**20,
+        max_queued_bytes: int = 16 * 2**20,
         heartbeat_s: float | None = 30.0,
         on_state: Callable[[str], None] | None = None,
     ) -> None:
@@ -78,7 +78,10 @@ class Client:
         self.ack_interval_s = ack_interval_s
         self.request_timeout_s = request_timeout_s
         self.turn_timeout_s = turn_timeout_s
-        self.max_queued_bytes = max_queued_bytes  # unread per session: then backpressure
+        if max_queued_bytes <= 0:
+            raise ValueError("max_queued_bytes must be positive")
+        # Unread per session, counted as the frames' JSON text; then backpressure.
+        self.max_queued_bytes = max_queued_bytes
         self.heartbeat_s = heartbeat_s
         # Called with each new state, in the reader's task: it must not block or raise.
         self.on_state = on_state
@@ -95,6 +98,7 @@ class Client:
         self._creates: list[asyncio.Future[dict[str, Any]]] = []
         self._lists: list[asyncio.Future[list[dict[str, Any]]]] = []
         self._ack_due = asyncio.Event()
+        self._tasks: set[asyncio.Future[None]] = set()  # delayed re-attaches
 
     @property
     def state(self) -> str:
@@ -170,7 +174,7 @@ class Client:
         """Close the socket and stop reconnecting; pending requests and turns fail."""
         if self.error is None:
             self._stop(ClientError("The client is closed.", "closed"))
-        for task in (self._reader, self._acker):
+        for task in (self._reader, self._acker, *self._tasks):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -210,9 +214,7 @@ class Client:
         self.info = first.get("metadata") or {}
         self._ws = ws
         for session in tuple(self.sessions.values()):
-            await ws.send_str(json.dumps(self._reattach_frame(session)))
-            if session._turn is not None and (again := session._turn.relinked()) is not None:
-                await ws.send_str(json.dumps(again, ensure_ascii=False))
+            await self._send_reattach(ws, session)
         self.state = "connected"
         self._connected.set()
 
@@ -223,6 +225,13 @@ class Client:
             "session_id": session.id,
             "content": {"last_seq": session.last_seq},
         }
+
+    async def _send_reattach(self, ws: aiohttp.ClientWebSocketResponse, session: Session) -> None:
+        """user.reconnect from the session's last seq, and its open turn's message again
+        unless events show it arrived (the server runs a repeat once)."""
+        await ws.send_str(json.dumps(self._reattach_frame(session)))
+        if session._turn is not None and (again := session._turn.relinked()) is not None:
+            await ws.send_str(json.dumps(again, ensure_ascii=False))
 
     async def _send(self, message: dict[str, Any]) -> None:
         """Send a frame, waiting (bounded) for the link if it is being re-established."""
@@ -305,20 +314,20 @@ class Client:
             self._settle(self._creates, event)
             return
         if session is not None:
-            if isinstance(seq, int):
-                if seq <= session.last_seq:
-                    return  # a duplicate from a replay
+            meta = event.get("metadata") or {}
+            if isinstance(seq, int) and seq <= session.last_seq:
+                return  # a duplicate from a replay
+            if name == "system.error" and meta.get("refused_event") == "user.reconnect":
+                self._later(self._reattach_after(session, meta.get("retry_after_ms", 1000)))
+                return  # rate_limited re-attaching many sessions at once: again, later
+            await session._deliver(event, size)
+            if isinstance(seq, int):  # only once delivered: acks never cover what was not
                 session.last_seq = seq
                 self._ack_due.set()
-            elif name == "system.error" and (event.get("metadata") or {}).get("code") in (
-                "session_not_found",
-                "forbidden",
-            ):
+            gone = name == "system.error" and meta.get("code") in ("session_not_found", "forbidden")
+            if gone or name == "agent.session_end":
                 self.sessions.pop(session.id, None)
                 session.ended = True
-            await session._deliver(event, size)
-            if name == "agent.session_end":
-                self.sessions.pop(session.id, None)
             return
         if name == "system.agents":
             self._settle(self._lists, event.get("content") or [])
@@ -326,6 +335,18 @@ class Client:
             code = (event.get("metadata") or {}).get("code")
             if code in CREATE_ERRORS and self._creates:
                 self._settle(self._creates, ClientError(str(event.get("content")), code, event))
+
+    def _later(self, work: Any) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _reattach_after(self, session: Session, wait_ms: int) -> None:
+        """A refused user.reconnect (rate_limited): the same re-attach after the wait."""
+        await asyncio.sleep(wait_ms / 1000)
+        if self.sessions.get(session.id) is session and self._ws is not None:
+            with contextlib.suppress(ConnectionError, aiohttp.ClientError):
+                await self._send_reattach(self._ws, session)
 
     @staticmethod
     def _settle(queue: list[asyncio.Future[Any]], result: Any) -> None:

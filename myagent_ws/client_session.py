@@ -138,8 +138,6 @@ class Session:
             yield event
 
     async def _deliver(self, event: dict[str, Any], size: int) -> None:
-        if event["event"] == "agent.session_end":
-            self.ended = True
         await self._queue.put(event, size)
 
 
@@ -184,9 +182,12 @@ class Turn:
             name = event["event"]
             if name == "system.error":
                 code = (event.get("metadata") or {}).get("code", "error")
-                if code == "rate_limited" and not self._started:
-                    await self._resend(event)
-                    continue
+                if code == "rate_limited":
+                    refused = (event.get("metadata") or {}).get("refused_event")
+                    if refused == "user.message" and not self._started:
+                        await self._resend(event)
+                        continue
+                    return event  # another frame of ours (a cancel, an answer): said
                 if not self._started or code in _SESSION_GONE:
                     self.done = True
                     raise ClientError(str(event.get("content")), code, event)

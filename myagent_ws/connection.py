@@ -9,9 +9,7 @@ and dispatched to the session manager. The connection knows sessions, never agen
 from __future__ import annotations
 
 import asyncio
-import itertools
 import math
-import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -19,7 +17,7 @@ from aiohttp import WSMsgType, web
 from aiolimiter import AsyncLimiter
 
 from . import __version__
-from .outbound import CLOSE_SLOW_CONSUMER, Outbound, frames_log, log
+from .outbound import CLOSE_SLOW_CONSUMER, Outbound, frames_log, log, new_reader_id
 from .protocol import (
     PROTOCOL_VERSION,
     Protocol,
@@ -33,11 +31,6 @@ from .settings import Settings
 from .store import StoreUnavailable, store_down
 
 __all__ = ["CLOSE_SLOW_CONSUMER", "Connection"]
-
-_ids = itertools.count(1)
-# Connection ids are unique across processes (an agent.session_resumed names the one that
-# reconnected, and on Redis it reaches every process's connections to the session).
-_PROCESS = secrets.token_hex(3)
 
 
 class Connection(Outbound):
@@ -53,7 +46,7 @@ class Connection(Outbound):
         principal: str | None = None,
     ) -> None:
         super().__init__(
-            f"c_{_PROCESS}_{next(_ids)}",
+            new_reader_id("c"),
             ws,
             transport,
             settings.send_buffer_bytes,
@@ -110,7 +103,7 @@ class Connection(Outbound):
                 await self._admit()  # bad frames count too; past the rate, that is the answer
                 raise
             if message["event"] != "user.ack":
-                await self._admit(message.get("session_id"))
+                await self._admit(message.get("session_id"), message["event"])
             await _HANDLERS[message["event"]](self, message)
         except ProtocolError as exc:
             if exc.code == "session_not_found" and await self._others(exc.session_id):
@@ -137,9 +130,9 @@ class Connection(Outbound):
         except ProtocolError as exc:
             self._reply_error(exc)
 
-    async def _admit(self, session_id: str | None = None) -> None:
+    async def _admit(self, session_id: str | None = None, event: str | None = None) -> None:
         """Take one frame's room in the rate limit, or raise rate_limited (naming the
-        frame's session, so a client knows which of its messages to send again)."""
+        frame's session and event, so a client knows which frame to send again)."""
         if not self._limiter.has_capacity():
             raise ProtocolError(
                 "rate_limited",
@@ -147,6 +140,7 @@ class Connection(Outbound):
                 f"wait {self._retry_after_ms} ms and send again.",
                 session_id=session_id,
                 retry_after_ms=self._retry_after_ms,
+                **({"refused_event": event} if event else {}),
             )
         await self._limiter.acquire()  # has room, so it does not wait
 

@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
+import secrets
 import struct
 from collections import deque
 from typing import TYPE_CHECKING
@@ -58,6 +60,17 @@ def text_frame(payload: bytes) -> bytes:
     if size < 65536:
         return _HEADER_MEDIUM(0x81, 126, size) + payload
     return _HEADER_LONG(0x81, 127, size) + payload
+
+
+# Reader ids are unique across processes: an agent.session_resumed names the reader that
+# reconnected, and on Redis it reaches the session's readers in every process.
+_PROCESS = secrets.token_hex(3)
+_reader_ids = itertools.count(1)
+
+
+def new_reader_id(kind: str) -> str:
+    """`<kind>_<6 hex of this process>_<n>`: "c" for connections, "agui" for AG-UI runs."""
+    return f"{kind}_{_PROCESS}_{next(_reader_ids)}"
 
 
 class Cursor:

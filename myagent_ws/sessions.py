@@ -243,8 +243,7 @@ class SessionManager:
             "replayed": session.seq - cursor,
             "pending_confirm": [pending_step] if pending_step is not None else [],
         }
-        if (reader_id := getattr(connection, "id", None)) is not None:
-            metadata["connection_id"] = reader_id  # several tabs may watch one session
+        metadata["connection_id"] = connection.id  # several tabs may watch one session
         if cursor > last_seq:
             metadata["replay_gap"] = {"from": last_seq + 1, "to": cursor}
         self._attach(session, connection, cursor)

@@ -4,6 +4,7 @@ exactly once, in order, while a TCP proxy cuts the link again and again mid-turn
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
@@ -26,16 +27,23 @@ _protocol = Protocol()
 
 
 @pytest.fixture(autouse=True)
-def every_frame_checked(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every frame the client reads is checked against the outbound schemas first, as
-    tests/client.py's WsClient does."""
+def every_frame_checked(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every frame the client reads after system.connected is checked against the
+    outbound schemas, as tests/client.py's WsClient does; a test with a frame that breaks
+    them fails at teardown, whatever the client made of it."""
     on_frame = Client._on_frame
+    broken: list[str] = []
 
     async def checked(self: Client, event: dict[str, Any], size: int) -> None:
-        _protocol.check_outbound(event)
+        try:
+            _protocol.check_outbound(event)
+        except Exception as exc:
+            broken.append(f"{event.get('event')}: {exc}")
         await on_frame(self, event, size)
 
     monkeypatch.setattr(Client, "_on_frame", checked)
+    yield
+    assert broken == []
 
 
 class PacedModel(Model):
@@ -364,3 +372,25 @@ async def test_unread_events_are_bounded_in_bytes_and_none_is_lost(serve: Any) -
         assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
         assert sum(e["event"] == "agent.partial_answer" for e in events) == 2000
         assert events[-1]["event"] == "agent.final_answer"
+
+
+async def test_re_attaches_refused_by_the_rate_limit_are_sent_again(serve: Any) -> None:
+    server = await serve(
+        files=(), agents=(counting_agent(),), rate_limit_burst=3, rate_limit_per_s=20.0
+    )
+    cutter = LinkCutter(server.port)
+    port = await cutter.start()
+    try:
+        async with connect(f"ws://127.0.0.1:{port}/", backoff=FAST) as client:
+            sessions = []
+            for _ in range(6):
+                sessions.append(await client.create_session())
+                await asyncio.sleep(0.06)  # within the rate
+            cutter.cut()  # six user.reconnect at once: three are over the burst
+            async with asyncio.timeout(5):
+                while client.reconnects == 0:
+                    await asyncio.sleep(0.01)
+            for number, session in enumerate(sessions):
+                assert await session.ask(f"s{number}") == f"1: s{number}"
+    finally:
+        await cutter.close()
