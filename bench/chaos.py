@@ -41,6 +41,7 @@ from aiohttp import web
 
 from myagent.offline import OfflineModel
 from myagent_ws.app import create_app
+from myagent_ws.client import TERMINAL
 from myagent_ws.keys import SESSIONS
 from myagent_ws.loader import load_agent_files
 from myagent_ws.registry import AgentRegistry
@@ -51,7 +52,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # as a script: see
 from bench import multinode
 
 WEATHER = Path(__file__).resolve().parents[1] / "examples" / "ws_weather_agent.py"
-TERMINAL = {"agent.final_answer", "agent.error", "agent.timeout", "agent.interrupted"}
 NOT_TURN = {"agent.session_created", "agent.session_resumed"}
 TEXTS = [
     "北京今天天气怎么样？", "上海天气如何？", "东京今天天气怎么样？", "告诉我伦敦的基本信息",

@@ -26,13 +26,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import aiohttp
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench import turn_latency
 from bench.linkcut import LinkCutter
 from myagent_ws.client import TERMINAL, Backoff, connect
 
-QUESTION = "北京今天天气怎么样？"
+QUESTION = "北京今天天气怎么样？"  # as bench/turn_latency.py asks
 RECONNECT = Backoff(initial_s=0.02, max_s=0.5)
 PHASE_TIMEOUT_S = 120.0
 
@@ -43,23 +42,6 @@ def _ms(values: list[float]) -> dict[str, float]:
         "p50": round(statistics.median(ordered) * 1000, 3),
         "p99": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000, 3),
     }
-
-
-async def raw_turns(url: str, turns: int) -> list[float]:
-    """Per-turn seconds over a bare aiohttp WebSocket: the floor for any client."""
-    times = []
-    async with aiohttp.ClientSession() as http, http.ws_connect(url) as ws:
-        await ws.receive()  # system.connected
-        await ws.send_str(json.dumps({"event": "user.create_session"}))
-        sid = json.loads((await ws.receive()).data)["session_id"]
-        for _ in range(turns):
-            start = time.perf_counter()
-            message = {"event": "user.message", "session_id": sid, "content": QUESTION}
-            await ws.send_str(json.dumps(message))
-            while json.loads((await ws.receive()).data)["event"] not in TERMINAL:
-                pass
-            times.append(time.perf_counter() - start)
-    return times
 
 
 async def client_turns(url: str, turns: int) -> list[float]:
@@ -113,7 +95,8 @@ async def cut_turns(url: str, turns: int, cut_every: int) -> dict[str, Any]:
 
 async def measure(url: str, turns: int, cut_turns_n: int, cut_every: int) -> dict[str, Any]:
     async with asyncio.timeout(PHASE_TIMEOUT_S):
-        raw = await raw_turns(url, turns)
+        raw: list[float] = []  # per-turn seconds over a bare aiohttp loop: the floor
+        await turn_latency.client(url, turns, [], raw, [])
     async with asyncio.timeout(PHASE_TIMEOUT_S):
         ours = await client_turns(url, turns)
     result = {"turns": turns, "raw_ms": _ms(raw), "client_ms": _ms(ours)}

@@ -49,10 +49,10 @@ from hypothesis_jsonschema import from_schema
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # as a script: see run.py
 from bench import multinode
 from myagent_ws import protocol
+from myagent_ws.client import TERMINAL
 
 LIMIT = 1 << 20  # the server's default max_frame_bytes; 8x that closes the socket (1009)
 AGENT, QUESTION = "weather-assistant", "北京今天天气怎么样？"
-TERMINAL = {"agent.final_answer", "agent.error", "agent.timeout", "agent.interrupted"}
 BARRIER, MAX_OWNED = "fuzz-barrier-", 48  # a connection ends its oldest sessions past that
 TRACES = ("Traceback (most recent call last)", 'File "', '.py", line', "site-packages",
           "/usr/lib", str(multinode.ROOT))  # fmt: skip

@@ -29,9 +29,9 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # as a script: see run.py
 from bench.serving import raise_open_files
+from myagent_ws.client import TERMINAL
 
 QUESTION = "北京今天天气怎么样？"
-TERMINAL = frozenset({"agent.final_answer", "agent.error", "agent.timeout", "agent.interrupted"})
 NOT_TURN = frozenset({"agent.session_created", "agent.session_resumed"})
 # The fake LLM stamps each answer token with its send time: µs modulo 1e10.
 STAMP = re.compile(r"t(\d{10}) ")

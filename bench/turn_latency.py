@@ -19,11 +19,11 @@ import aiohttp
 from aiohttp import web
 
 from myagent_ws.app import create_app
+from myagent_ws.client import TERMINAL
 from myagent_ws.loader import load_agent_files
 from myagent_ws.registry import AgentRegistry
 from myagent_ws.settings import Settings
 
-TERMINAL = {"agent.final_answer", "agent.error", "agent.timeout", "agent.interrupted"}
 WEATHER = Path(__file__).resolve().parents[1] / "examples" / "ws_weather_agent.py"
 
 

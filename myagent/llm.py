@@ -120,8 +120,8 @@ class OpenAIModel(Model):
             if self.api_key is None:
                 raise LLMError(
                     "No API key is configured for the LLM.",
-                    "Set OPENAI_API_KEY, or set OPENAI_BASE_URL / --llm-base-url to use a "
-                    "local OpenAI-compatible server.",
+                    f"Set OPENAI_API_KEY, or set {URL_SETTING} to use a local "
+                    "OpenAI-compatible server.",
                 )
             self._client = openai.AsyncOpenAI(
                 api_key=self.api_key,

@@ -27,7 +27,7 @@ from .agui_translate import Translator, nothing_to_run, run_refused
 from .outbound import CLOSE_SLOW_CONSUMER
 from .protocol import Protocol, ProtocolError
 from .session import Session
-from .sessions import forbidden
+from .sessions import check_owner
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -196,8 +196,7 @@ class Socket(Tail):
         thread = self.adapter.by_session.get(session_id)
         if session is None or session.closed or thread is None:
             raise Refused("session_not_found", "That thread's session ended; start a new run.")
-        if session.owner != self.principal:
-            raise forbidden(session_id)
+        check_owner(session.owner, self.principal, session_id)
         before = [run.after for run in thread.runs if run.after <= last_seq]
         start = before[-1] if before else min((r.after for r in thread.runs), default=session.seq)
         gap = start < session.buffer.first_seq - 1

@@ -17,7 +17,7 @@ from aiohttp import WSCloseCode, web
 from myagent.llm import model_from_env
 
 from . import agui, console, drain
-from .auth import AGUI_SUBPROTOCOL, SUBPROTOCOL, Auth
+from .auth import AGUI_SUBPROTOCOL, SPOKEN, Auth
 from .cluster import SharedSessions
 from .connection import Connection
 from .gate import Gate
@@ -158,7 +158,7 @@ async def endpoint(request: web.Request) -> web.StreamResponse:
         heartbeat=settings.ws_ping_s or None,
         compress=settings.ws_compression,
         max_msg_size=settings.max_frame_bytes * settings.frame_ceiling_factor,
-        protocols=(SUBPROTOCOL, AGUI_SUBPROTOCOL),
+        protocols=SPOKEN,
     )
     gate = app[GATE]
     if (refused := gate.subprotocol_refusal(request)) is not None:

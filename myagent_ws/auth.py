@@ -91,19 +91,6 @@ def load_tokens(settings: Settings) -> dict[bytes, str]:
     return tokens
 
 
-def describe(settings: Settings, hook: Any) -> tuple[bool, str]:
-    """For the banner: whether auth is on, and by what."""
-    principals = len(set(load_tokens(settings).values()))
-    sources = []
-    if principals:
-        sources.append(f"{principals} principal{'s' if principals != 1 else ''} by token")
-    if hook is not None and hook.authenticate.get_hookimpls():
-        sources.append("authenticate plugin")
-    if not sources:
-        return False, "off: anyone who reaches the port may connect (--auth-token to require one)"
-    return True, "on: " + ", ".join(sources)
-
-
 class Auth:
     """Finds the principal of a request, and issues and redeems tickets."""
 
@@ -113,6 +100,15 @@ class Auth:
         self.enabled = bool(self.tokens) or self.hook is not None
         self.store = store
         self.ticket_ttl_s = settings.auth_ticket_ttl_s
+
+    def describe(self) -> str:
+        """For the banner: whether auth is on, and by what."""
+        if not self.enabled:
+            return "off: anyone who reaches the port may connect (--auth-token to require one)"
+        sources = ["authenticate plugin"] if self.hook is not None else []
+        if principals := len(set(self.tokens.values())):
+            sources.insert(0, f"{principals} principal{'s' if principals != 1 else ''} by token")
+        return "on: " + ", ".join(sources)
 
     async def identify(self, request: web.Request, *, tickets: bool = True) -> str | None:
         """The request's principal (None when auth is off); AuthFailed when it has none.

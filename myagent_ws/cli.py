@@ -195,8 +195,8 @@ def server(
     from aiohttp import web
 
     from .app import create_app, model_for
-    from .auth import describe as describe_auth
     from .gate import AccessLogger, describe_origins, is_loopback
+    from .keys import GATE
 
     debug, host, port = settings.debug, settings.host, settings.port
     logging.basicConfig(
@@ -227,11 +227,13 @@ def server(
         click.echo(
             f"🗄  sessions: Redis at {redacted(settings.store)}, keys {settings.store_prefix}*"
         )
-    try:
-        auth_on, auth = describe_auth(settings, pm and pm.hook)
+    try:  # a bad tokens file stops start-up here, in one line
+        app = create_app(settings, registry, pm=pm, model=llm, handle_signals=True)
     except StartupError as exc:
         _fail(exc, debug)
-    click.echo(f"{'🔒' if auth_on else '🔓'} auth: {auth}")
+    auth = app[GATE].auth
+    auth_on = auth.enabled
+    click.echo(f"{'🔒' if auth_on else '🔓'} auth: {auth.describe()}")
     click.echo(f"   browser origins: {describe_origins(settings)}")
     if not auth_on and not is_loopback(host):
         click.echo(
@@ -245,7 +247,6 @@ def server(
     files_note = raise_open_files_limit(settings.max_sessions + FILES_HEADROOM)
     if files_note:
         click.echo(files_note)
-    app = create_app(settings, registry, pm=pm, model=llm, handle_signals=True)
     if settings.reload:
         from .reload import install as watch_for_edits
 

@@ -13,14 +13,14 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from .protocol import ProtocolError, make_event
+from .protocol import make_event
 from .redis_store import RedisStore
 from .session import Reader, Session
 from .sessions import (
     SessionManager,
+    check_owner,
     created_event,
     end_event,
-    forbidden,
     new_session_id,
     not_found,
 )
@@ -84,14 +84,12 @@ class SharedSessions(SessionManager):
         found = await self.store.snapshot(session_id, max(last_seq, 0), self.settings.replay_buffer)
         if found is None:
             raise not_found(session_id)
-        if found.owner != connection.principal:
-            raise forbidden(session_id)
+        check_owner(found.owner, connection.principal, session_id)
         session = self.sessions.get(session_id)
         if session is None:
             session = SharedSession(session_id, found.agent, None, self, found.owner)
             self.sessions[session_id] = session
-        if connection not in session.connections:
-            self._check_room(connection)
+        self._room_for(session, connection)
         if not session.tailing:
             start = found.frames[0][0] if found.frames else found.seq + 1
             session.buffer.restart(start)
@@ -146,11 +144,10 @@ class SharedSessions(SessionManager):
             return
         log.warning("session %s: gone from the store", session.id)
         session.tell(
-            ProtocolError(
-                "session_not_found",
+            not_found(
+                session.id,
                 f"Session {session.id!r} is no longer in the session store (it expired, or "
                 "Redis lost its data); its turn was stopped. Create a new session.",
-                session_id=session.id,
             )
         )
         self.ended_elsewhere(session)

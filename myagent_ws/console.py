@@ -82,13 +82,13 @@ async def schema(request: web.Request) -> web.Response:
 async def index(request: web.Request) -> web.Response:
     """The web console: a page that talks to this same URL over WebSocket."""
     registry = request.app[REGISTRY]
-    names = registry.names()
+    default = registry.default()
     context = {
         "version": __version__,
         "protocol_version": PROTOCOL_VERSION,
         "agents": registry.describe(),
         # Who a session started without a name gets: the page's first message goes there.
-        "default_agent": registry.default_name or (names[0] if len(names) == 1 else None),
+        "default_agent": default.name if default is not None else None,
         # With auth on, the page asks for a token and trades it for a ticket per connection.
         "auth_required": request.app[GATE].auth.enabled,
     }

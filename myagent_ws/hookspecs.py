@@ -30,7 +30,7 @@ def observe_event(session_id, event):
     implements it, so an unused hook costs nothing."""
 
 
-@hookspec(firstresult=True)
+@hookspec  # asked one by one, async ones awaited, by auth.Auth (not pm.hook.authenticate)
 def authenticate(request):
     """Name who is connecting, for schemes the server does not know (JWT, cookies, an
     API gateway's header): return the principal, a non-empty string such as a user id,

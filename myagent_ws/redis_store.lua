@@ -17,6 +17,11 @@ local function node_of(token)
   return string.match(token, '^(.*)|')
 end
 
+-- The set of turns a node runs (its token names it).
+local function turns_key(prefix, token)
+  return prefix .. 'node:' .. node_of(token) .. ':turns'
+end
+
 -- Keep the log within `max_events` entries and `max_bytes` of frames (it holds `bytes`):
 -- oldest first.
 local function trim(max_events, max_bytes, bytes)
@@ -63,9 +68,6 @@ end
 
 -- The turn ends: forget it (and its question), or hand the session to `next_token` for
 -- the first queued message. Returns that message or false.
-local function turns_key(prefix, token)
-  return prefix .. 'node:' .. node_of(token) .. ':turns'
-end
 
 local function release(prefix, sid, next_token)
   local token = redis.call('HGET', record, 'turn')

@@ -215,23 +215,29 @@ class RedisStore(Store):
 
     @_guarded
     async def issue_ticket(self, ticket: str, principal: str, ttl_s: float) -> None:
-        await self.redis.set(f"{self.prefix}ticket:{ticket}", principal, px=int(ttl_s * 1000))
+        await self.redis.set(self._ticket_key(ticket), principal, px=int(ttl_s * 1000))
 
     @_guarded
     async def redeem_ticket(self, ticket: str) -> str | None:
         """Any process redeems a ticket any other issued, exactly once (GETDEL)."""
-        principal = await self.redis.getdel(f"{self.prefix}ticket:{ticket}")
+        principal = await self.redis.getdel(self._ticket_key(ticket))
         return None if principal is None else principal.decode()
 
     @_guarded
     async def first_time(self, session_id: str, message_id: str) -> bool:
         """True the first time a session's message id is seen (SET NX, kept for the TTL)."""
-        key = f"{self.prefix}msgid:{session_id}:{message_id}"
+        key = self._message_key(session_id, message_id)
         return bool(await self.redis.set(key, 1, nx=True, px=self.ttl_ms))
 
     @_guarded
     async def forget_message(self, session_id: str, message_id: str) -> None:
-        await self.redis.delete(f"{self.prefix}msgid:{session_id}:{message_id}")
+        await self.redis.delete(self._message_key(session_id, message_id))
+
+    def _ticket_key(self, ticket: str) -> str:
+        return f"{self.prefix}ticket:{ticket}"
+
+    def _message_key(self, session_id: str, message_id: str) -> str:
+        return f"{self.prefix}msgid:{session_id}:{message_id}"
 
     async def close(self) -> None:
         await self.redis.aclose()

@@ -64,13 +64,17 @@ class AgentRegistry:
     def describe(self) -> list[dict[str, Any]]:
         return [spec.describe() for spec in self.specs.values()]
 
+    def default(self) -> AgentSpec | None:
+        """The agent a client that names none gets: the marked default, else the only one."""
+        if self.default_name is not None:
+            return self.specs[self.default_name]
+        return next(iter(self.specs.values())) if len(self.specs) == 1 else None
+
     def resolve(self, name: str | None) -> AgentSpec:
         """The agent a client asked for; with no name, the default agent."""
         if name is None:
-            if self.default_name is not None:
-                return self.specs[self.default_name]
-            if len(self.specs) == 1:
-                return next(iter(self.specs.values()))
+            if (spec := self.default()) is not None:
+                return spec
             raise ProtocolError(
                 "agent_required",
                 f"This server has several agents; name one in content.agent: {self._listing()}.",

@@ -64,12 +64,18 @@ def end_event(reason: str, detail: str) -> dict[str, Any]:
     )
 
 
-def not_found(session_id: str) -> ProtocolError:
+def not_found(session_id: str, message: str | None = None) -> ProtocolError:
     return ProtocolError(
         "session_not_found",
-        f"Session {session_id!r} has ended or expired; create a new one.",
+        message or f"Session {session_id!r} has ended or expired; create a new one.",
         session_id=session_id,
     )
+
+
+def check_owner(owner: str | None, principal: str | None, session_id: str) -> None:
+    """forbidden, unless the session is this principal's (with auth off, both are None)."""
+    if owner != principal:
+        raise forbidden(session_id)
 
 
 def forbidden(session_id: str) -> ProtocolError:
@@ -172,6 +178,11 @@ class SessionManager:
         """Whether this process can serve sessions (a shared store may be out of reach)."""
         return True
 
+    def _room_for(self, session: Session, connection: Reader) -> None:
+        """A connection that attaches to one more session needs room for it."""
+        if connection not in session.connections:
+            self._check_room(connection)
+
     def _check_room(self, connection: Reader) -> None:
         """too_many_sessions past the per-connection or the per-process limit."""
         settings = self.settings
@@ -221,10 +232,8 @@ class SessionManager:
         session = self.sessions.get(session_id)
         if session is None:
             raise not_found(session_id)
-        if session.owner != connection.principal:
-            raise forbidden(session_id)
-        if connection not in session.connections:
-            self._check_room(connection)
+        check_owner(session.owner, connection.principal, session_id)
+        self._room_for(session, connection)
         pending = session.pending
         self._resume(session, connection, last_seq, pending.step_id if pending else None)
         if pending is not None:  # asked again, even if the first ask was acked away
@@ -253,8 +262,7 @@ class SessionManager:
     def follow(self, session: Session, connection: Reader, cursor: int) -> None:
         """Attach from `cursor` on, quietly: no agent.session_resumed and no re-asked
         confirmation, for readers that keep their own place (the AG-UI adapter)."""
-        if connection not in session.connections:
-            self._check_room(connection)
+        self._room_for(session, connection)
         self._attach(session, connection, cursor)
 
     def _attach(self, session: Session, connection: Reader, cursor: int) -> None:

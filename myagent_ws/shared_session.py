@@ -33,7 +33,7 @@ from .session import Session
 from .sessions import (
     not_found,
 )
-from .store import StoreUnavailable
+from .store import StoreUnavailable, store_down
 
 if TYPE_CHECKING:
     from .cluster import SharedSessions
@@ -220,11 +220,10 @@ class SharedSession(Session):
         if self._drop(fence):
             self._manager.node.orphan(self.id, fence[1])
         self.tell(
-            ProtocolError(
-                "internal_error",
+            store_down(
+                self.id,
                 "The session store (Redis) is unreachable: events of this session were not "
                 "kept and its running turn was stopped. Send the message again in a moment.",
-                session_id=self.id,
             )
         )
 

@@ -21,11 +21,12 @@ class StoreUnavailable(Exception):
     """The store could not be reached or failed; the message says what to check."""
 
 
-def store_down(session_id: str | None = None) -> ProtocolError:
+def store_down(session_id: str | None = None, message: str | None = None) -> ProtocolError:
     """What a client is told when the store failed (the log has the detail)."""
     return ProtocolError(
         "internal_error",
-        "The session store (Redis) is unreachable; try again in a moment. The server log "
+        message
+        or "The session store (Redis) is unreachable; try again in a moment. The server log "
         "has the details.",
         session_id=session_id,
     )

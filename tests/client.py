@@ -10,9 +10,9 @@ from typing import Any
 
 import aiohttp
 
+from myagent_ws.client import TERMINAL
 from myagent_ws.protocol import Protocol
 
-TERMINAL = {"agent.final_answer", "agent.error", "agent.timeout", "agent.interrupted"}
 _protocol = Protocol()
 
 
