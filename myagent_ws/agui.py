@@ -185,8 +185,7 @@ class Adapter:
             except ProtocolError:
                 live = None  # gone from the store too: expired
         if live is None or live.closed:  # expired or ended: start afresh
-            del self.threads[key]
-            self.by_session.pop(session.id, None)
+            self._forget(key)
             return None
         thread.session = live
         return thread
@@ -202,7 +201,7 @@ class Adapter:
             # With the Redis store, threads whose session left the process, oldest first.
             elsewhere = [k for k, t in self.threads.items() if self._live(t) is None]
             for old in elsewhere[: len(self.threads) - self.limit + 1]:
-                self.by_session.pop(self.threads.pop(old).session.id, None)
+                self._forget(old)
         self.threads[key] = thread
         self.by_session[thread.session.id] = thread
         return thread
@@ -211,7 +210,10 @@ class Adapter:
         """Drop the threads whose session ended (expired, ended, reloaded): each would
         hold its session's replay buffer."""
         for key in [k for k, t in self.threads.items() if t.session.closed]:
-            self.by_session.pop(self.threads.pop(key).session.id, None)
+            self._forget(key)
+
+    def _forget(self, key: tuple[str | None, str, str]) -> None:
+        self.by_session.pop(self.threads.pop(key).session.id, None)
 
     async def forgetting(self, interval_s: float) -> None:
         while True:
@@ -320,15 +322,20 @@ def _user_text(data: RunAgentInput) -> str:
 
 def parse_input(data: str | bytes) -> RunAgentInput:
     """A RunAgentInput from JSON, or Refused (400, 422) saying what to fix."""
-    from ag_ui.core import RunAgentInput
-    from pydantic import ValidationError
-
     try:
         raw = json.loads(data)
     except (ValueError, RecursionError):
         raise Refused(
             "invalid_json", "The body is not valid JSON; send a RunAgentInput.", 400
         ) from None
+    return validate_input(raw)
+
+
+def validate_input(raw: Any) -> RunAgentInput:
+    """A RunAgentInput from parsed JSON, or Refused (422) saying what is wrong."""
+    from ag_ui.core import RunAgentInput
+    from pydantic import ValidationError
+
     try:
         parsed = RunAgentInput.model_validate(raw)
     except ValidationError as exc:

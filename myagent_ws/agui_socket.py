@@ -15,15 +15,14 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 from typing import Any
 
 from ag_ui.core import BaseEvent, RunAgentInput, RunErrorEvent
 from aiohttp import WSCloseCode, WSMsgType, web
-from aiolimiter import AsyncLimiter
 
-from .agui import Adapter, Refused, Tail, parse_input
+from .agui import Adapter, Refused, Tail, validate_input
 from .agui_translate import Translator, nothing_to_run, run_refused
+from .connection import RateLimit
 from .outbound import CLOSE_SLOW_CONSUMER
 from .protocol import Protocol, ProtocolError
 from .session import Session
@@ -51,12 +50,7 @@ class Socket(Tail):
         self.ws = ws
         self.adapter = adapter
         self.protocol = protocol
-        self.max_bytes = settings.max_frame_bytes
-        burst = settings.rate_limit_burst
-        self.limiter = AsyncLimiter(burst, burst / settings.rate_limit_per_s)
-        # As Connection._admit says it: when to send again, in words and in metadata.
-        self.retry_after_ms = math.ceil(1000 / settings.rate_limit_per_s)
-        self.rate_text = f"{settings.rate_limit_per_s:g} per second"
+        self.rate = RateLimit(settings)
         # Per session: its translator, and the position up to which the client has it.
         self.states: dict[Session, tuple[Translator, tuple[int, int]]] = {}
         self.lock = asyncio.Lock()  # one sender at a time; a resume waits for a batch
@@ -133,16 +127,8 @@ class Socket(Tail):
 
     async def _handle(self, data: str) -> None:
         try:
-            if not self.limiter.has_capacity():
-                raise ProtocolError(
-                    "rate_limited",
-                    f"Too many messages: this server accepts {self.rate_text} per connection; "
-                    f"wait {self.retry_after_ms} ms and send again.",
-                    retry_after_ms=self.retry_after_ms,
-                )
-            await self.limiter.acquire()
-            if len(data) > self.max_bytes or len(data.encode("utf-8", "replace")) > self.max_bytes:
-                raise Refused("message_too_large", f"Frames are {self.max_bytes} bytes at most.")
+            await self.rate.admit()
+            self.protocol.check_size(data)
             try:
                 raw = json.loads(data)
             except (ValueError, RecursionError):
@@ -150,7 +136,7 @@ class Socket(Tail):
             if isinstance(raw, dict) and "event" in raw:
                 await self._ours(self.protocol.decode(data))
             else:
-                await self._run(parse_input(data))
+                await self._run(validate_input(raw))
         except Refused as exc:
             await self._error(exc.code, exc.message)
         except ProtocolError as exc:

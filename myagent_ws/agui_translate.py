@@ -100,10 +100,7 @@ class Translator:
 
     def _end(self, last: BaseEvent) -> list[BaseEvent]:
         """Close what is open, then the run."""
-        out = self._end_text()
-        if self.step:
-            out.append(StepFinishedEvent(step_name=self.step))
-            self.step = None
+        out = self._end_step()
         self.open = False
         return [*out, last]
 
@@ -114,11 +111,17 @@ class Translator:
     # -- one method per session event that means something here ---------------------------
 
     def _thinking(self, event: dict[str, Any]) -> list[BaseEvent]:
+        out = self._end_step()
+        self.step = f"step {event['metadata']['step']}"
+        return [*out, StepStartedEvent(step_name=self.step)]
+
+    def _end_step(self) -> list[BaseEvent]:
+        """Close the open text message and step, if any."""
         out = self._end_text()
         if self.step:
             out.append(StepFinishedEvent(step_name=self.step))
-        self.step = f"step {event['metadata']['step']}"
-        return [*out, StepStartedEvent(step_name=self.step)]
+            self.step = None
+        return out
 
     def _partial(self, event: dict[str, Any]) -> list[BaseEvent]:
         out: list[BaseEvent] = []

@@ -37,8 +37,9 @@ from .keys import (
 )
 from .metrics import Metrics
 from .node import Node
+from .outbound import broadcast
 from .plugins import make_plugin_manager
-from .protocol import Protocol, encode, make_event
+from .protocol import Protocol, make_event
 from .redis_store import RedisStore
 from .registry import AgentRegistry
 from .sessions import SessionManager
@@ -196,17 +197,11 @@ async def _heartbeat(app: web.Application, interval_s: float) -> None:
     """One app-wide timer, one encode per tick, however many connections there are."""
     while True:
         await asyncio.sleep(interval_s)
-        frame = encode(
-            make_event(
-                "system.heartbeat",
-                metadata={
-                    "active_sessions": len(app[SESSIONS]),
-                    "uptime_s": round(time.monotonic() - app[STARTED_AT], 3),
-                },
-            )
-        )
-        for connection in tuple(app[CONNECTIONS]):
-            connection.send(frame)
+        metadata = {
+            "active_sessions": len(app[SESSIONS]),
+            "uptime_s": round(time.monotonic() - app[STARTED_AT], 3),
+        }
+        broadcast(app[CONNECTIONS], make_event("system.heartbeat", metadata=metadata))
 
 
 async def _background_tasks(app: web.Application) -> AsyncIterator[None]:

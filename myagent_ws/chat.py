@@ -36,6 +36,11 @@ LINK_ERRORS = (ClientError, ConnectionError, aiohttp.ClientError)
 STYLES = {"dim": "dim", "red": "fg:ansired", "yellow": "fg:ansiyellow", "cyan": "fg:ansicyan"}
 
 
+def terminal_width() -> int:
+    """Asked when a line is clipped, not per streamed token: the window may be resized."""
+    return shutil.get_terminal_size().columns
+
+
 def clip(text: str, width: int) -> str:
     """`text` on one line of at most `width` terminal cells: a tool result can be a page."""
     text = " ".join(str(text).split())
@@ -220,7 +225,7 @@ class Chat:
 
     async def show(self, event: dict[str, Any]) -> None:
         name, content, meta = event["event"], event.get("content"), event.get("metadata") or {}
-        screen, width = self.screen, shutil.get_terminal_size().columns
+        screen = self.screen
         if name == "agent.partial_answer":
             screen.answer(str(content or ""))
             self.streamed = True
@@ -229,14 +234,14 @@ class Chat:
         elif name == "agent.tool_call":
             self.streamed = False
             call = call_text(str(meta.get("tool")), meta.get("args") or {})
-            screen.line(clip(f"⚙ {call}", width), "cyan")
+            screen.line(clip(f"⚙ {call}", terminal_width()), "cyan")
         elif name == "agent.tool_result":
             status, time = meta.get("status"), took(meta.get("duration_ms"))
             if status == "rejected":
                 screen.line(f"  ↳ not run: {meta.get('reason', 'rejected')}", "yellow")
             else:
                 said = f"error: {content}" if status == "error" else str(content)
-                said = clip(said, width - 4 - len(time))
+                said = clip(said, terminal_width() - 4 - len(time))
                 screen.line(f"  ↳ {said}{time}", "red" if status == "error" else "dim")
         elif name == "agent.user_confirm":
             await self.confirm(event)

@@ -374,7 +374,7 @@ class Client:
             await self._ack_due.wait()
             await asyncio.sleep(self.ack_interval_s)
             self._ack_due.clear()
-            if self._connected.is_set() and self.state == "connected":
+            if self.state == "connected":
                 with contextlib.suppress(ConnectionError, aiohttp.ClientError):
                     await self._flush_acks()
 

@@ -147,7 +147,6 @@ class Turn:
 
     def __init__(self, session: Session, text: str, timeout_s: float) -> None:
         self.session = session
-        self.text = text
         self.timeout_s = timeout_s
         self.done = False  # the terminal event was read
         self.message = {

@@ -33,6 +33,32 @@ from .store import StoreUnavailable, store_down
 __all__ = ["CLOSE_SLOW_CONSUMER", "Connection"]
 
 
+class RateLimit:
+    """Inbound frames per connection: a leaky bucket, and a refusal that says when to send
+    again (for any binding of the endpoint: ours and ag-ui)."""
+
+    def __init__(self, settings: Settings) -> None:
+        burst, per_s = settings.rate_limit_burst, settings.rate_limit_per_s
+        self._limiter = AsyncLimiter(burst, burst / per_s)
+        # A leaky bucket frees one frame's room at most 1/rate seconds after it is full.
+        self._retry_after_ms = math.ceil(1000 / per_s)
+        self._text = f"{per_s:g} per second"
+
+    async def admit(self, session_id: str | None = None, event: str | None = None) -> None:
+        """Take one frame's room, or raise rate_limited (naming the frame's session and
+        event, when known, so a client knows which frame to send again)."""
+        if not self._limiter.has_capacity():
+            raise ProtocolError(
+                "rate_limited",
+                f"Too many messages: this server accepts {self._text} per connection; "
+                f"wait {self._retry_after_ms} ms and send again.",
+                session_id=session_id,
+                retry_after_ms=self._retry_after_ms,
+                **({"refused_event": event} if event else {}),
+            )
+        await self._limiter.acquire()  # has room, so it does not wait
+
+
 class Connection(Outbound):
     """Reads frames and dispatches them to the session manager."""
 
@@ -56,12 +82,7 @@ class Connection(Outbound):
         self.sessions = sessions
         self.protocol = protocol
         self.principal = principal  # who authenticated; sessions it creates are its own
-        self._limiter = AsyncLimiter(
-            settings.rate_limit_burst, settings.rate_limit_burst / settings.rate_limit_per_s
-        )
-        # A leaky bucket frees one frame's room at most 1/rate seconds after it is full.
-        self._retry_after_ms = math.ceil(1000 / settings.rate_limit_per_s)
-        self._rate_text = f"{settings.rate_limit_per_s:g} per second"
+        self._rate = RateLimit(settings)
 
     def send_event(self, event: dict[str, Any]) -> None:
         self.send(encode(event))
@@ -131,18 +152,7 @@ class Connection(Outbound):
             self._reply_error(exc)
 
     async def _admit(self, session_id: str | None = None, event: str | None = None) -> None:
-        """Take one frame's room in the rate limit, or raise rate_limited (naming the
-        frame's session and event, so a client knows which frame to send again)."""
-        if not self._limiter.has_capacity():
-            raise ProtocolError(
-                "rate_limited",
-                f"Too many messages: this server accepts {self._rate_text} per connection; "
-                f"wait {self._retry_after_ms} ms and send again.",
-                session_id=session_id,
-                retry_after_ms=self._retry_after_ms,
-                **({"refused_event": event} if event else {}),
-            )
-        await self._limiter.acquire()  # has room, so it does not wait
+        await self._rate.admit(session_id, event)
 
     async def _others(self, session_id: str | None) -> bool:
         """Whether a session this connection may not use is another principal's (if the

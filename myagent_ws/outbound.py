@@ -28,9 +28,12 @@ import logging
 import secrets
 import struct
 from collections import deque
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from aiohttp import WSCloseCode, WSMsgType, web
+
+from .protocol import encode
 
 if TYPE_CHECKING:
     from .metrics import Metrics
@@ -38,6 +41,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("myagent_ws.connection")
 frames_log = logging.getLogger("myagent_ws.frames")
+
+
+def broadcast(readers: Iterable[Outbound], event: dict) -> None:
+    """One connection-level event (no session, no seq) to every reader: encoded once."""
+    frame = encode(event)
+    for reader in tuple(readers):
+        reader.send(frame)
+
 
 # Close code for a client that fell more than send_buffer_bytes behind (or behind the
 # replay buffer): its sessions live on, and user.reconnect with last_seq resumes them.

@@ -131,8 +131,8 @@ class Protocol:
             for name, schema in bundled.items()
         }
 
-    def decode(self, data: str) -> dict:
-        """The validated client message in one text frame, or ProtocolError saying what to fix."""
+    def check_size(self, data: str) -> None:
+        """message_too_large past max_frame_bytes of UTF-8."""
         limit = self.max_frame_bytes
         # Characters never outnumber UTF-8 bytes, and a character is at most 4 bytes, so
         # the frame only needs encoding when its length alone cannot decide.
@@ -144,6 +144,10 @@ class Protocol:
                 f"The message is larger than this server's limit of {limit} bytes; "
                 "send a shorter one.",
             )
+
+    def decode(self, data: str) -> dict:
+        """The validated client message in one text frame, or ProtocolError saying what to fix."""
+        self.check_size(data)
         try:
             message = json.loads(data, parse_constant=_reject_constant)
         except (ValueError, RecursionError) as exc:

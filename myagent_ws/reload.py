@@ -39,8 +39,9 @@ from aiohttp import web
 
 from .keys import CONNECTIONS, REGISTRY, SESSIONS
 from .loader import agents_in_module, load_module
+from .outbound import broadcast
 from .plugins import _register_hooks, hook_agents
-from .protocol import encode, make_event
+from .protocol import make_event
 from .registry import AgentRegistry, AgentSpec, StartupError
 from .sessions import SessionManager
 
@@ -313,15 +314,11 @@ class Reloader:
             f"♻️  reloaded {', '.join(agents)} after a change to {', '.join(changed)} "
             f"({took:.0f} ms; {ended} session{'s' if ended != 1 else ''} ended)"
         )
-        frame = encode(
-            make_event(
-                "system.notice",
-                content=f"The server reloaded {', '.join(agents)}: their sessions ended; "
-                f"the agents now are {', '.join(self.registry.names())}.",
-            )
+        notice = (
+            f"The server reloaded {', '.join(agents)}: their sessions ended; "
+            f"the agents now are {', '.join(self.registry.names())}."
         )
-        for connection in tuple(connections):
-            connection.send(frame)
+        broadcast(connections, make_event("system.notice", content=notice))
 
     # -- watching ------------------------------------------------------------------------
 
