@@ -31,7 +31,7 @@ from bench import turn_latency
 from bench.linkcut import LinkCutter
 from myagent_ws.client import TERMINAL, Backoff, connect
 
-QUESTION = "北京今天天气怎么样？"  # as bench/turn_latency.py asks
+CUT_EVERY = 25  # events between two cuts of the link
 RECONNECT = Backoff(initial_s=0.02, max_s=0.5)
 PHASE_TIMEOUT_S = 120.0
 
@@ -50,7 +50,7 @@ async def client_turns(url: str, turns: int) -> list[float]:
         session = await client.create_session()
         for _ in range(turns):
             start = time.perf_counter()
-            await session.ask(QUESTION)
+            await session.ask(turn_latency.QUESTION)
             times.append(time.perf_counter() - start)
     return times
 
@@ -68,7 +68,7 @@ async def cut_turns(url: str, turns: int, cut_every: int) -> dict[str, Any]:
             expected = session.last_seq + 1
             for _ in range(turns):
                 terminals = 0
-                async for event in session.send(QUESTION):
+                async for event in session.send(turn_latency.QUESTION):
                     if cut_at is not None and event["event"] == "agent.session_resumed":
                         resume.append(time.perf_counter() - cut_at)
                         cut_at = None
@@ -111,7 +111,7 @@ def main() -> None:
     parser.add_argument("--url", default="ws://127.0.0.1:8080/")
     parser.add_argument("--turns", type=int, default=200)
     parser.add_argument("--cut-turns", type=int, default=100)
-    parser.add_argument("--cut-every", type=int, default=25)
+    parser.add_argument("--cut-every", type=int, default=CUT_EVERY)
     args = parser.parse_args()
     if urlsplit(args.url).hostname not in ("127.0.0.1", "localhost", "::1"):
         parser.error("loopback only")

@@ -48,6 +48,7 @@ from hypothesis_jsonschema import from_schema
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # as a script: see run.py
 from bench import multinode
+from bench.harness import NO_RATE_LIMIT
 from myagent_ws import protocol
 from myagent_ws.client import TERMINAL
 
@@ -503,8 +504,7 @@ async def run(frames: int = 5000, url: str | None = None, connections: int = 8, 
     deadline, stats, node, log = started + max_seconds, Stats(), None, ""
     with tempfile.TemporaryDirectory(prefix="myagent-fuzz-") as logdir:
         if url is None:  # it starts while hypothesis draws
-            limits = ["--rate-limit-per-s", "1000000", "--rate-limit-burst", "1000000"]
-            args = [multinode.WEATHER, *limits, "--max-sessions-per-connection", "1000"]
+            args = [multinode.WEATHER, *NO_RATE_LIMIT, "--max-sessions-per-connection", "1000"]
             env = multinode.node_env()
             node = multinode.Node(0, multinode.free_port(), args, env, Path(logdir))
             url = node.url + "/"

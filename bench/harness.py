@@ -194,6 +194,10 @@ def loop_flag() -> list[str]:
     return ["--uvloop"] if UVLOOP else []
 
 
+# For a load that sends faster than a person would (the fuzzer, the client bench's loop).
+NO_RATE_LIMIT = ("--rate-limit-per-s", "1000000", "--rate-limit-burst", "1000000")
+
+
 def server_args(llm_url: str | None = None) -> list[str]:
     """`myagent-ws server` arguments for a bench run, less --host/--port: the weather agent
     on the run's event loop, on the LLM at `llm_url` (else the offline model)."""

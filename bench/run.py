@@ -44,6 +44,7 @@ from bench import client_bench, harness, load, multinode, serving
 from bench.harness import (
     FULL,
     LOAD_CPUS,
+    NO_RATE_LIMIT,
     PYTHON,
     QUICK,
     SERVER_CPUS,
@@ -72,8 +73,9 @@ UPSTREAM_TURNS_PER_S = 36  # the upstream project, measured on this machine
 
 
 async def start_server(
-    server: str, llm_url: str | None, sizes: Sizes, logdir: Path, tag: str
+    server: str, llm_url: str | None, sizes: Sizes, logdir: Path, tag: str, *more: str
 ) -> tuple[Child, str]:
+    """The reference or our server (with `more` arguments), fresh, on its own CPU."""
     if server == "reference":
         argv = [PYTHON, "bench/reference_server.py", "--port", "0"]
         if llm_url:
@@ -85,7 +87,7 @@ async def start_server(
     else:
         port = multinode.free_port()
         argv = [PYTHON, "-m", "myagent_ws", "server", *server_args(llm_url)]
-        argv += ["--host", "127.0.0.1", "--port", str(port)]
+        argv += ["--host", "127.0.0.1", "--port", str(port), *more]
         child = Child(f"{tag}-server", argv, logdir, SERVER_CPUS)
         await child.healthy(port)
     return child, f"ws://127.0.0.1:{port}/"
@@ -433,15 +435,11 @@ def report(
 
 async def run_client(sizes: Sizes, logdir: Path) -> dict[str, Any]:
     """One myagent-ws server (offline weather), rate limit lifted for the raw loop."""
-    port = multinode.free_port()
-    argv = [PYTHON, "-m", "myagent_ws", "server", *server_args(None), "--port", str(port)]
-    argv += ["--host", "127.0.0.1", "--rate-limit-per-s", "1000000"]
-    argv += ["--rate-limit-burst", "1000000"]
-    child = Child("client-server", argv, logdir, SERVER_CPUS)
+    child, url = await start_server("myagent-ws", None, sizes, logdir, "client", *NO_RATE_LIMIT)
     try:
-        await child.healthy(port)
-        url = f"ws://127.0.0.1:{port}/"
-        return await client_bench.measure(url, sizes.client_turns, sizes.client_cut_turns, 25)
+        return await client_bench.measure(
+            url, sizes.client_turns, sizes.client_cut_turns, client_bench.CUT_EVERY
+        )
     finally:
         child.stop()
 
@@ -455,7 +453,8 @@ def client_report(result: dict[str, Any]) -> tuple[list[str], list[str]]:
     header = ["metric", "bare aiohttp", "myagent_ws.client", "client/bare"]
     resume = cut["resume_ms"] or {}
     line = (
-        f"Link cut every 25 events: {cut['events']} events, {cut['cuts']} cuts, "
+        f"Link cut every {client_bench.CUT_EVERY} events: {cut['events']} events, "
+        f"{cut['cuts']} cuts, "
         f"{cut['reconnects']} reconnects, {cut['lost_or_repeated']} lost or repeated, "
         f"{cut['turns_without_one_terminal']} turns without exactly one terminal event; "
         f"resume p50 {fmt(resume.get('p50'))} ms, p99 {fmt(resume.get('p99'))} ms."

@@ -25,6 +25,7 @@ from myagent_ws.registry import AgentRegistry
 from myagent_ws.settings import Settings
 
 WEATHER = Path(__file__).resolve().parents[1] / "examples" / "ws_weather_agent.py"
+QUESTION = "北京今天天气怎么样？"
 
 
 async def client(
@@ -37,9 +38,7 @@ async def client(
         for _ in range(turns):
             start = time.perf_counter()
             await ws.send_str(
-                json.dumps(
-                    {"event": "user.message", "session_id": sid, "content": "北京今天天气怎么样？"}
-                )
+                json.dumps({"event": "user.message", "session_id": sid, "content": QUESTION})
             )
             seen = 0
             while True:

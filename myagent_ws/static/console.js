@@ -197,14 +197,10 @@ function ensureView(id, agentName, options) {
 // What was typed before the connection was up; sent once it is (null: nothing waits).
 let quickText = null;
 
-/** The agent the first message goes to: the one picked on the left, which starts out as
- * the server's default agent. */
-function quickAgent() {
-  return selectedAgent();
-}
-
+/** The first message goes to the agent picked on the left, which starts out as the
+ * server's default agent. */
 function updateQuickStart() {
-  const name = quickAgent();
+  const name = selectedAgent();
   ui.quickInput.disabled = !name;
   ui.quickInput.placeholder = name ? `Message ${name}…` : "No agents are served.";
   ui.quickInput.setAttribute("aria-label", name ? `First message to ${name}` : "First message");
@@ -219,7 +215,7 @@ function updateQuickStart() {
 /** Starts a session with the picked agent and sends the typed text as its first turn. */
 async function quickStart() {
   const text = quickText ?? ui.quickInput.value;
-  const name = quickAgent();
+  const name = selectedAgent();
   if (!text.trim() || !name || starting) return;
   if (!connected()) {
     quickText = text; // onConnected() comes back here
@@ -227,16 +223,25 @@ async function quickStart() {
     return;
   }
   quickText = null;
+  // The server's default agent is asked for by no name, as any client would.
+  const view = await startSession(name, { byName: name !== initial.default_agent });
+  if (view?.sendText(text) && ui.quickInput.value === text) ui.quickInput.value = "";
+}
+
+/** A new session of `name` (asked for by no name when not `byName`), shown and active;
+ * null when it could not start (what went wrong is logged). */
+async function startSession(name, { byName = true } = {}) {
   starting = true;
   updateControls();
   try {
-    // The server's default agent is asked for by no name, as any client would.
-    const id = await client.createSession(name === initial.default_agent ? undefined : name);
+    const id = await client.createSession(byName ? name : undefined);
     const view = ensureView(id, name);
     activate(id);
-    if (view.sendText(text) && ui.quickInput.value === text) ui.quickInput.value = "";
+    return view;
   } catch (error) {
+    // A system.error is already shown by the event handler; say what else went wrong.
     if (!error.event) logGlobal("error", "Could not start a session", error.code, error.message);
+    return null;
   } finally {
     starting = false;
     updateControls();
@@ -442,20 +447,7 @@ ui.agentList.addEventListener("dblclick", (e) => {
 ui.agentForm.addEventListener("submit", async (e) => {
   e.preventDefault();
   const name = selectedAgent();
-  if (!name || starting) return;
-  starting = true;
-  updateControls();
-  try {
-    const id = await client.createSession(name);
-    ensureView(id, name);
-    activate(id);
-  } catch (error) {
-    // A system.error is already shown by the event handler; say what else went wrong.
-    if (!error.event) logGlobal("error", "Could not start a session", error.code, error.message);
-  } finally {
-    starting = false;
-    updateControls();
-  }
+  if (name && !starting) await startSession(name);
 });
 const mayConnect = () => !authRequired || !!client.token;
 ui.retry.addEventListener("click", () => {

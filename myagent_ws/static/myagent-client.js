@@ -361,22 +361,23 @@ export class MyAgentClient extends EventTarget {
 
   _scheduleRetry(cause) {
     const error = cause instanceof Error ? cause : undefined; // a ticket that could not be had
+    const why = error ? { error } : {};
     if (!this._wanted || this._fatal || !this.reconnect || this._attempt >= this.maxAttempts) {
       for (const waiter of this._waiters.splice(0)) {
         waiter.reject(problem("Could not connect to the server.", "offline"));
       }
-      this._setState("offline", error ? { error } : {});
+      this._setState("offline", why);
       return;
     }
     if (globalThis.navigator && globalThis.navigator.onLine === false) {
-      this._setState("offline", error ? { error } : {}); // the "online" event calls retryNow()
+      this._setState("offline", why); // the "online" event calls retryNow()
       return;
     }
     const { initialMs, maxMs, factor, jitter } = this.backoff;
     const ceiling = Math.min(maxMs, initialMs * factor ** this._attempt);
     const delayMs = Math.max(Math.round(ceiling * (1 - jitter * Math.random())), error?.retryAfterMs ?? 0);
     this._attempt += 1;
-    this._setState("reconnecting", error ? { delayMs, error } : { delayMs });
+    this._setState("reconnecting", { delayMs, ...why });
     this._retryTimer = setTimeout(() => {
       this._retryTimer = null;
       this._open();

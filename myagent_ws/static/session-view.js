@@ -157,8 +157,11 @@ export class SessionView {
 
   /** Marks what a replayed event draws or changes, until the replay ends. */
   mark(node) {
-    if (this.replay && node?.dataset) {
-      node.dataset.replayed = this.seenBefore ? "seen" : "new";
+    // Called for every streamed token: write only when the mark changes (at most once,
+    // from "seen" to "new", as seqs rise), so the browser restyles nothing per token.
+    const mark = this.seenBefore ? "seen" : "new";
+    if (this.replay && node?.dataset && node.dataset.replayed !== mark) {
+      node.dataset.replayed = mark;
       node.classList.add("replayed");
     }
     return node;
