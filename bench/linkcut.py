@@ -22,6 +22,15 @@ class LinkCutter:
         self.drop_down = False
         self.dropped = 0  # bytes dropped so far
         self.server: asyncio.Server | None = None
+        self.url = ""  # ws:// URL of the proxy, once started by `async with`
+
+    async def __aenter__(self) -> LinkCutter:
+        port = await self.start()
+        self.url = f"ws://127.0.0.1:{port}/"
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
 
     async def start(self) -> int:
         self.server = await asyncio.start_server(self._link, "127.0.0.1", 0)

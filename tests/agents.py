@@ -16,6 +16,11 @@ from myagent import (
     ToolResult,
     create_react_agent,
 )
+from myagent_ws.client import Backoff
+from myagent_ws.keys import SESSIONS
+
+# Reconnect delays short enough for tests that cut links.
+FAST = Backoff(initial_s=0.02, max_s=0.2)
 
 
 class WaitTool(BaseTool):
@@ -199,3 +204,25 @@ def big_result_agent(size: int, name: str = "big") -> Any:
         return ModelReply(tool_calls=[ToolCallRequest(id="c1", name="big", arguments="{}")])
 
     return create_react_agent(name=name, tools=[BigTool()], model=FunctionModel(model))
+
+
+class PacedModel(Model):
+    """Streams `pieces` numbered deltas, one every `pause_s`: a turn long enough to be cut."""
+
+    provider = "function"
+    offline = True
+    model_id = "paced"
+
+    def __init__(self, pieces: int, pause_s: float) -> None:
+        self.pieces, self.pause_s = pieces, pause_s
+
+    async def stream(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> Any:
+        for i in range(self.pieces):
+            await asyncio.sleep(self.pause_s)
+            yield f"{i};"
+        yield ModelReply(text="".join(f"{i};" for i in range(self.pieces)))
+
+
+def bookings(server: Any, session_id: str) -> list[dict[str, Any]]:
+    """The session's own record of what its book_table tool did (examples/booking_agent.py)."""
+    return server.app[SESSIONS].sessions[session_id].agent.tools[0].bookings

@@ -13,11 +13,8 @@ from ag_ui.core import BaseEvent, Event, Interrupt
 from pydantic import BaseModel, TypeAdapter
 
 from myagent_ws.keys import SESSIONS
-from tests.conftest import EXAMPLES
+from tests.client import http_url
 
-BOOKING = str(EXAMPLES / "booking_agent.py")
-ASK = "Book a table for 2 at Luigi at 19:30"
-BEIJING = "北京今天天气怎么样？"
 EVENT = TypeAdapter(Event)
 
 
@@ -124,16 +121,11 @@ def parse_sse(text: str) -> list[BaseEvent]:
     return [check(json.loads(f[len("data: ") :])) for f in frames]
 
 
-def url(server: Any, path: str) -> Any:
-    """`path` on a TestServer from `serve`, or on the real server from `cli_server`."""
-    return server.make_url(path) if hasattr(server, "make_url") else server.http + path
-
-
 async def post(server: Any, agent: str, body: Any, **options: Any) -> list[BaseEvent]:
     """One run: its checked events."""
     async with (
         aiohttp.ClientSession() as http,
-        http.post(url(server, f"/agui/{agent}"), json=body, **options) as response,
+        http.post(http_url(server, f"/agui/{agent}"), json=body, **options) as response,
     ):
         assert response.status == 200, await response.text()
         assert response.headers["Content-Type"] == "text/event-stream"

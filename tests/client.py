@@ -90,10 +90,15 @@ def names(events: list[dict[str, Any]]) -> list[str]:
     return [e["event"] for e in events]
 
 
-def _http_url(server: Any, path: str) -> Any:
+def http_url(server: Any, path: str) -> Any:
     """`path` on `server`: a TestServer from `serve`, or anything with an `http` base URL
     (a CliServer, a cluster Node)."""
     return server.make_url(path) if hasattr(server, "make_url") else server.http + path
+
+
+def ws_url(server: Any, path: str = "/") -> str:
+    """`path` on `server` (as for http_url) as a ws:// URL."""
+    return str(http_url(server, path)).replace("http", "ws", 1)
 
 
 async def upgrade(server: Any, path: str = "/", **headers: str) -> tuple[int, Any, Any]:
@@ -107,7 +112,7 @@ async def upgrade(server: Any, path: str = "/", **headers: str) -> tuple[int, An
         **headers,
     }
     async with aiohttp.ClientSession() as http:
-        async with http.get(_http_url(server, path), headers=sent) as response:
+        async with http.get(http_url(server, path), headers=sent) as response:
             is_json = response.content_type == "application/json"
             body = await response.json() if is_json else None
             return response.status, body, response.headers
@@ -119,5 +124,5 @@ async def ticket(server: Any, token: str | None = None, **headers: str) -> tuple
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"
     async with aiohttp.ClientSession() as http:
-        async with http.post(_http_url(server, "/auth/ticket"), headers=headers) as response:
+        async with http.post(http_url(server, "/auth/ticket"), headers=headers) as response:
             return response.status, await response.json(), response.headers

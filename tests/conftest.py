@@ -28,6 +28,11 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 WEATHER = str(EXAMPLES / "ws_weather_agent.py")
 GREETER = str(EXAMPLES / "my_agent.py")
+BOOKING = str(EXAMPLES / "booking_agent.py")
+BEIJING = "北京今天天气怎么样？"  # a weather question the offline model answers
+ASK = "Book a table for 2 at Luigi at 19:30"  # a booking that asks for confirmation
+# The console script installed beside this Python.
+CLI = str(Path(sys.executable).parent / "myagent-ws")
 CLUSTER_AGENT = str(ROOT / "tests" / "fixtures" / "cluster_agent.py")
 # Principal -> token, for the tokens_file fixture.
 TOKENS = {"alice": "alice-secret-token-1", "bob": "bob-secret-token-2"}
@@ -121,7 +126,7 @@ class CliServer:
         self.url = f"ws://{host}:{self.port}"
         self.http = f"http://{host}:{self.port}"
         command = [
-            str(Path(sys.executable).parent / "myagent-ws"),
+            CLI,
             "server",
             *args,
             "--host",

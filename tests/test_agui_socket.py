@@ -11,9 +11,6 @@ import aiohttp
 
 from tests.agents import WaitTool, counting_agent, key, waiting_agent
 from tests.agui_helpers import (
-    ASK,
-    BEIJING,
-    BOOKING,
     agui_socket,
     check_run,
     error_code,
@@ -25,7 +22,7 @@ from tests.agui_helpers import (
     text_of,
     the_session,
 )
-from tests.conftest import TOKENS, WEATHER
+from tests.conftest import ASK, BEIJING, BOOKING, TOKENS, WEATHER
 
 
 def position(raw: dict[str, Any]) -> tuple[int, int]:

@@ -21,9 +21,6 @@ from myagent_ws.keys import SESSIONS
 from myagent_ws.redis_store import RedisStore
 from tests.agents import WaitTool, counting_agent, key, looping_agent, waiting_agent
 from tests.agui_helpers import (
-    ASK,
-    BEIJING,
-    BOOKING,
     agui_socket,
     bookings,
     check,
@@ -37,10 +34,10 @@ from tests.agui_helpers import (
     session_events,
     text_of,
     the_session,
-    url,
 )
+from tests.client import http_url
 from tests.cluster import REDIS_URL, delete_keys, fresh_prefix, redis_available
-from tests.conftest import ROOT, TOKENS, WEATHER
+from tests.conftest import ASK, BEIJING, BOOKING, ROOT, TOKENS, WEATHER
 
 SLOW = str(ROOT / "tests" / "fixtures" / "slow_agent.py")
 NPM_ROOT = Path(sys.prefix) / "npm"
@@ -280,7 +277,9 @@ async def test_the_real_server_stops_the_run_of_a_client_that_left(cli_server):
     # whose client left: the stream notices by itself, while the turn is silent.
     server = cli_server(SLOW)
     async with aiohttp.ClientSession() as http:
-        response = await http.post(url(server, "/agui/sleepy"), json=run_input("t", "sleep 30"))
+        response = await http.post(
+            http_url(server, "/agui/sleepy"), json=run_input("t", "sleep 30")
+        )
         assert (await response.content.readline()).startswith(b'data: {"type":"RUN_STARTED"')
         response.close()
     # The thread takes a new run at once: the 30 s turn was stopped.

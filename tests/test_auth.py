@@ -17,7 +17,7 @@ import websockets
 from websockets.asyncio.client import connect as websockets_connect
 
 from myagent_ws.sessions import new_session_id
-from tests.client import ticket, upgrade
+from tests.client import ticket, upgrade, ws_url
 from tests.conftest import TOKENS, WEATHER
 
 
@@ -77,7 +77,7 @@ async def test_bearer_header_and_query_token_let_in(serve, tokens_file):
 
 async def test_subprotocol_bearer_token_and_the_server_selects_myagent_ws(serve, tokens_file):
     server = await serve(auth_tokens_file=tokens_file)
-    url = str(server.make_url("/")).replace("http", "ws", 1)
+    url = ws_url(server)
     offer = ["myagent-ws", f"bearer.{TOKENS['alice']}"]
     async with websockets_connect(url, subprotocols=offer) as ws:
         assert ws.subprotocol == "myagent-ws"

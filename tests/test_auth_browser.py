@@ -22,15 +22,17 @@ from playwright.async_api import Page, async_playwright, expect
 from myagent_ws.console import STATIC
 from myagent_ws.keys import CONNECTIONS, GATE
 from tests.client import ticket as post_ticket
-from tests.conftest import TOKENS, WEATHER, free_port
+from tests.client import ws_url
+from tests.conftest import BEIJING, TOKENS, WEATHER, free_port
 from tests.test_console_browser import (
     ARGS,
-    BEIJING,
     CHROMIUM,
     CHROMIUM_FOUND,
     STORE_KEY,
     browser,
+    drop_connections,
     final_answer,
+    panel_of,
     send,
     shot,
     start_session,
@@ -181,7 +183,7 @@ async def test_console_asks_for_a_token_refuses_a_wrong_one_and_keeps_the_right_
         await expect(form).to_be_hidden()
         tab = page.get_by_test_id("session-tab")
         await expect(tab).to_have_attribute("data-session-id", sid or "?")
-        kept_panel = page.locator(f'[data-testid="session-panel"][data-session-id="{sid}"]')
+        kept_panel = panel_of(page, sid)
         await expect(kept_panel.get_by_test_id("notice").last).to_contain_text("page reloaded")
         await principals(server, ["alice"])
         assert watch.tickets == [401, 200, 200]
@@ -219,8 +221,7 @@ async def test_console_fetches_a_new_ticket_per_reconnect_and_stops_when_the_tok
         await principals(server, ["alice"])
 
         # A dropped link: the client reconnects with a fresh ticket (the first is used up).
-        for connection in tuple(server.app[CONNECTIONS]):
-            await connection.ws.close()
+        await drop_connections(server)
         await expect(state).to_have_attribute("data-state", "reconnecting")
         await expect(state).to_have_attribute("data-state", "connected")
         await principals(server, ["alice"])
@@ -229,8 +230,7 @@ async def test_console_fetches_a_new_ticket_per_reconnect_and_stops_when_the_tok
         # The token stops being valid (as if the operator rotated it), then the link drops:
         # the next ticket request gets 401 and the page asks for a token, without retrying.
         server.app[GATE].auth.tokens.clear()
-        for connection in tuple(server.app[CONNECTIONS]):
-            await connection.ws.close()
+        await drop_connections(server)
         await expect(page.get_by_test_id("auth-panel")).to_be_visible()
         await expect(page.get_by_test_id("auth-error")).to_contain_text("not valid")
         await expect(state).to_have_attribute("data-state", "unauthorized")
@@ -386,8 +386,8 @@ async def test_front_end_on_another_origin_fetches_a_ticket_and_runs_a_turn(
         await page.goto(f"{origin}/")
         got = await evaluate(page, "([base, token]) => fetchTicket(base, token)", [base, TOKEN])
         assert got["status"] == 200 and got["ticket"], got
-        ws_url = base.replace("http", "ws", 1) + f"/?ticket={got['ticket']}"
-        opened = await evaluate(page, "(url) => openSocket(url)", ws_url)
+        url = ws_url(server, f"/?ticket={got['ticket']}")
+        opened = await evaluate(page, "(url) => openSocket(url)", url)
         assert opened == {"index": 0, "opened": True, "first": "system.connected"}
         await principals(server, ["alice"])
         answer = await evaluate(page, "([i, text]) => runTurn(i, text)", [0, BEIJING])
@@ -420,8 +420,8 @@ async def test_front_end_on_an_origin_not_allowed_gets_neither_ticket_nor_socket
         got = await evaluate(page, "([base, token]) => fetchTicket(base, token)", [base, TOKEN])
         assert got["status"] is None and got["ticket"] is None
         assert got["error"].startswith("TypeError")  # what fetch says when CORS fails
-        ws_url = base.replace("http", "ws", 1) + f"/?ticket={ticket}"
-        refused = await evaluate(page, "(url) => openSocket(url)", ws_url)
+        url = ws_url(server, f"/?ticket={ticket}")
+        refused = await evaluate(page, "(url) => openSocket(url)", url)
         assert refused == {"index": 0, "opened": False, "errored": True, "closed": 1006}
         report = page.locator("#report")
         await expect(report).to_contain_text("/auth/ticket failed: TypeError")
@@ -450,7 +450,7 @@ async def test_client_on_another_origin_stops_on_a_wrong_token_then_runs_a_turn(
     front = await front_end(aiohttp_server)
     origin = f"http://127.0.0.1:{front.port}"
     server = await serve(files=(WEATHER,), auth_tokens_file=tokens_file)
-    ws_url = str(server.make_url("/")).replace("http", "ws", 1)
+    url = ws_url(server)
     gate = gate_log(monkeypatch, server)
     async with chromium_page() as (page, watch):
         await page.goto(f"{origin}/")
@@ -467,7 +467,7 @@ async def test_client_on_another_origin_stops_on_a_wrong_token_then_runs_a_turn(
             try { await client.connect(); return "connected?"; }
             catch (error) { return [error.code, error.status, error.message, client.state]; }
             }""",
-            ws_url,
+            url,
         )
         assert refused[:2] == ["unauthorized", 401] and refused[3] == "unauthorized"
         assert "not valid for this server" in refused[2]
@@ -513,11 +513,11 @@ async def test_a_ticket_opens_one_connection_from_a_same_origin_page(
         await page.add_script_tag(content=PAGE_JS)
         got = await evaluate(page, "(token) => fetchTicket('', token)", TOKEN)
         assert got["status"] == 200 and got["ticket"]
-        ws_url = base.replace("http", "ws", 1) + f"/?ticket={got['ticket']}"
-        first = await evaluate(page, "(url) => openSocket(url)", ws_url)
+        url = ws_url(server, f"/?ticket={got['ticket']}")
+        first = await evaluate(page, "(url) => openSocket(url)", url)
         assert first == {"index": 0, "opened": True, "first": "system.connected"}
         await principals(server, ["alice"])
-        again = await evaluate(page, "(url) => openSocket(url)", ws_url)
+        again = await evaluate(page, "(url) => openSocket(url)", url)
         assert again == {"index": 1, "opened": False, "errored": True, "closed": 1006}
         answer = await evaluate(page, "([i, text]) => runTurn(i, text)", [0, BEIJING])
         assert "25°C" in answer
@@ -569,8 +569,7 @@ async def test_client_get_ticket_is_asked_before_every_connection(
             TOKEN,
         )
         await principals(server, ["alice"])
-        for connection in tuple(server.app[CONNECTIONS]):
-            await connection.ws.close()
+        await drop_connections(server)
         await page.wait_for_function("client.state === 'connected' && asked === 2", timeout=10_000)
         await principals(server, ["alice"])
         # getTicket saying "unauthorized" stops the client: no retry, connect() rejects.

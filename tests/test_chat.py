@@ -10,26 +10,22 @@ import os
 import re
 import struct
 import subprocess
-import sys
 import termios
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bench.linkcut import LinkCutter
 from myagent import create_react_agent
-from myagent_ws.client import Backoff, connect
+from myagent_ws.client import connect
 from myagent_ws.keys import SESSIONS
-from tests.agents import WaitTool, counting_agent, key, waiting_agent
-from tests.conftest import EXAMPLES, ROOT, TOKENS, WEATHER
-from tests.test_client import PacedModel
+from tests.agents import FAST, PacedModel, WaitTool, bookings, counting_agent, key, waiting_agent
+from tests.client import ws_url
+from tests.conftest import ASK, BEIJING, BOOKING, CLI, ROOT, TOKENS, WEATHER
 
-CLI = str(Path(sys.executable).parent / "myagent-ws")
-BOOKING = str(EXAMPLES / "booking_agent.py")
 # CSI and OSC sequences, and the other two-byte escapes: what a screen would not show.
 ESCAPES = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_=>]")
 QUESTION = re.escape(
@@ -138,10 +134,6 @@ def terminal() -> Iterator[Callable[..., Terminal]]:
         term.close()
 
 
-def ws_url(server: Any) -> str:
-    return f"ws://127.0.0.1:{server.port}/"
-
-
 async def run_piped(*args: str, stdin: str = "", env: dict[str, str] | None = None) -> Any:
     """The chat with stdin and stdout as pipes: (exit status, everything it printed)."""
     proc = await asyncio.create_subprocess_exec(
@@ -167,7 +159,7 @@ async def test_a_turn_completes_under_a_pty(serve: Any, terminal: Any) -> None:
     assert header[1] == ws_url(server)
     assert header[2] in server.app[SESSIONS].sessions
     await term.expect("weather-assistant>")
-    term.type("北京今天天气怎么样？\r")
+    term.type(f"{BEIJING}\r")
     await term.expect('^⚙ get_weather\\(city="北京"\\)\n')
     await term.expect(r"^  ↳ 北京：晴，气温 25°C，湿度 40%，北风 2 级。 \((<1|\d+) ms\)\n")
     await term.expect("^查询结果：北京：晴，气温 25°C，湿度 40%，北风 2 级。\n")
@@ -180,9 +172,9 @@ async def test_approvals_are_asked_with_y_or_n(serve: Any, terminal: Any) -> Non
     server = await serve(files=(BOOKING,))
     term = terminal(ws_url(server))
     session_id = (await term.expect(r"session (s_\S+)"))[1]
-    bookings = server.app[SESSIONS].sessions[session_id].agent.tools[0].bookings
+    booked = bookings(server, session_id)
     await term.expect("booking-assistant>")
-    term.type("Book a table for 2 at Luigi at 19:30\r")
+    term.type(f"{ASK}\r")
     await term.expect('⚙ book_table\\(restaurant="Luigi", people=2, time="19:30"\\)\n')
     await term.expect(QUESTION)
     term.type("maybe\r")  # neither: asked again
@@ -190,7 +182,7 @@ async def test_approvals_are_asked_with_y_or_n(serve: Any, terminal: Any) -> Non
     term.type("y\r")
     await term.expect(r"↳ Booked a table at Luigi for 2 at 19:30 \(booking #1 in this")
     await term.expect("booking-assistant>")
-    assert [b["restaurant"] for b in bookings] == ["Luigi"]
+    assert [b["restaurant"] for b in booked] == ["Luigi"]
     term.type("Book a table for 4 at Mario at 20:00\r")
     await term.expect(r"Allow tool book_table .*\? \[y/n\]")
     term.type("n\r")
@@ -202,7 +194,7 @@ async def test_approvals_are_asked_with_y_or_n(serve: Any, terminal: Any) -> Non
     term.type("\x03")  # Ctrl-C at the question cancels the turn; the tool does not run
     await term.expect("^cancelled\n")
     await term.expect("booking-assistant>")
-    assert [b["restaurant"] for b in bookings] == ["Luigi"]
+    assert [b["restaurant"] for b in booked] == ["Luigi"]
 
 
 async def test_ctrl_c_cancels_the_running_turn_not_the_program(serve: Any, terminal: Any) -> None:
@@ -240,25 +232,24 @@ async def test_a_second_ctrl_c_stops_waiting_when_the_server_cannot_answer(
     serve: Any, terminal: Any
 ) -> None:
     server = await serve(files=(), agents=(waiting_agent(),))
-    cutter = LinkCutter(server.port)
-    port = await cutter.start()
     gate = key()
-    try:
-        term = terminal(f"ws://127.0.0.1:{port}/")
-        await term.expect("waiter>")
-        term.type(f"{gate}\r")
-        await term.expect(f'⚙ wait\\(key="{gate}"\\)\n')
-        await cutter.close()  # the link drops and the server is out of reach
-        await term.expect("^reconnecting…\n")
-        term.type("\x03")
-        await term.expect(r"cancelling… \(Ctrl-C again stops waiting\)\n")  # after an echoed ^C
-        term.type("\x03")
-        await term.expect("Stopped waiting; the turn is cancelled.\n")
-        await term.expect("waiter>")
-        term.type("/quit\r")  # while still offline
-        assert await term.exit_code() == 0
-    finally:
-        WaitTool.gate(gate).set()
+    async with LinkCutter(server.port) as cutter:
+        try:
+            term = terminal(cutter.url)
+            await term.expect("waiter>")
+            term.type(f"{gate}\r")
+            await term.expect(f'⚙ wait\\(key="{gate}"\\)\n')
+            await cutter.close()  # the link drops and the server is out of reach
+            await term.expect("^reconnecting…\n")
+            term.type("\x03")
+            await term.expect(r"cancelling… \(Ctrl-C again stops waiting\)\n")  # after an echoed ^C
+            term.type("\x03")
+            await term.expect("Stopped waiting; the turn is cancelled.\n")
+            await term.expect("waiter>")
+            term.type("/quit\r")  # while still offline
+            assert await term.exit_code() == 0
+        finally:
+            WaitTool.gate(gate).set()
 
 
 async def test_agents_new_help_and_quit(serve: Any, terminal: Any) -> None:
@@ -302,10 +293,8 @@ async def test_a_dropped_link_mid_turn_loses_nothing_and_repeats_nothing(
     pieces = 40
     agent = create_react_agent(name="paced", tools=[], model=PacedModel(pieces, 0.04))
     server = await serve(files=(), agents=(agent,))
-    cutter = LinkCutter(server.port)
-    port = await cutter.start()
-    try:
-        term = terminal(f"ws://127.0.0.1:{port}/")
+    async with LinkCutter(server.port) as cutter:
+        term = terminal(cutter.url)
         await term.expect("paced>")
         term.type("go\r")
         start = (await term.expect("go\n")).end()
@@ -319,20 +308,16 @@ async def test_a_dropped_link_mid_turn_loses_nothing_and_repeats_nothing(
         answer = [line for line in shown if line and line not in ("reconnecting…", "reconnected")]
         assert "".join(answer) == "".join(f"{i};" for i in range(pieces)), shown
         assert shown.count("reconnected") == 3
-    finally:
-        await cutter.close()
 
 
 async def test_a_question_is_put_once_across_a_dropped_link(serve: Any, terminal: Any) -> None:
     server = await serve(files=(BOOKING,))
-    cutter = LinkCutter(server.port)
-    port = await cutter.start()
-    try:
-        term = terminal(f"ws://127.0.0.1:{port}/")
+    async with LinkCutter(server.port) as cutter:
+        term = terminal(cutter.url)
         session_id = (await term.expect(r"session (s_\S+)"))[1]
-        bookings = server.app[SESSIONS].sessions[session_id].agent.tools[0].bookings
+        booked = bookings(server, session_id)
         await term.expect("booking-assistant>")
-        term.type("Book a table for 2 at Luigi at 19:30\r")
+        term.type(f"{ASK}\r")
         await term.expect(QUESTION)
         cutter.cut()  # the server asks again on the new link; the person is not
         await term.expect("reconnected\n")
@@ -341,9 +326,7 @@ async def test_a_question_is_put_once_across_a_dropped_link(serve: Any, terminal
         after = term.seen
         await term.expect("booking-assistant>")
         assert "[y/n]" not in term.text[after:]
-        assert len(bookings) == 1
-    finally:
-        await cutter.close()
+        assert len(booked) == 1
 
 
 async def test_piped_input_is_read_line_by_line_and_printed_plainly(serve: Any) -> None:
@@ -397,12 +380,9 @@ async def test_errors_are_said_in_words_and_the_token_may_come_from_the_environm
 
 async def test_on_state_hears_every_change_of_the_link(serve: Any) -> None:
     server = await serve(files=(), agents=(counting_agent(),))
-    cutter = LinkCutter(server.port)
-    port = await cutter.start()
     states: list[str] = []
-    try:
-        fast = Backoff(initial_s=0.02, max_s=0.2)
-        async with connect(f"ws://127.0.0.1:{port}/", backoff=fast, on_state=states.append) as c:
+    async with LinkCutter(server.port) as cutter:
+        async with connect(cutter.url, backoff=FAST, on_state=states.append) as c:
             session = await c.create_session()
             assert session.info["llm"]["offline"] is True  # agent.session_created metadata
             cutter.cut()
@@ -412,8 +392,6 @@ async def test_on_state_hears_every_change_of_the_link(serve: Any) -> None:
             assert await session.ask("still here") == "1: still here"
             assert states == ["connecting", "connected", "reconnecting", "connected"]
         assert states[-1] == "closed"
-    finally:
-        await cutter.close()
 
 
 async def test_ctrl_c_with_piped_input_and_no_turn_exits_130(serve: Any) -> None:

@@ -9,15 +9,13 @@ import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import websockets
 
-from tests.conftest import GREETER, ROOT, WEATHER, python_output, reference
+from tests.conftest import CLI, GREETER, ROOT, WEATHER, python_output, reference
 
 SEED = reference("seed-ws-server-README.md")
-CLI = str(Path(sys.executable).parent / "myagent-ws")
 
 
 def run_cli(

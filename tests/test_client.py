@@ -11,18 +11,25 @@ import aiohttp
 import pytest
 
 from bench.linkcut import LinkCutter
-from myagent import Model, ModelReply, create_react_agent
-from myagent_ws.client import TERMINAL, Backoff, Client, ClientError, connect
+from myagent import create_react_agent
+from myagent_ws.client import TERMINAL, Client, ClientError, connect
 from myagent_ws.keys import SESSIONS
 from myagent_ws.protocol import Protocol
 from myagent_ws.redis_store import RedisStore
-from tests.agents import WaitTool, burst_agent, counting_agent, key, waiting_agent
-from tests.client import WsClient, names
+from tests.agents import (
+    FAST,
+    PacedModel,
+    WaitTool,
+    bookings,
+    burst_agent,
+    counting_agent,
+    key,
+    waiting_agent,
+)
+from tests.client import WsClient, names, ws_url
 from tests.cluster import REDIS_URL, delete_keys, fresh_prefix, require_redis
-from tests.conftest import EXAMPLES, TOKENS
+from tests.conftest import BOOKING, TOKENS
 
-BOOKING = str(EXAMPLES / "booking_agent.py")
-FAST = Backoff(initial_s=0.02, max_s=0.2)
 _protocol = Protocol()
 
 
@@ -46,30 +53,9 @@ def every_frame_checked(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     assert broken == []
 
 
-class PacedModel(Model):
-    """Streams `pieces` numbered deltas, one every `pause_s`: a turn long enough to be cut."""
-
-    provider = "function"
-    offline = True
-    model_id = "paced"
-
-    def __init__(self, pieces: int, pause_s: float) -> None:
-        self.pieces, self.pause_s = pieces, pause_s
-
-    async def stream(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> Any:
-        for i in range(self.pieces):
-            await asyncio.sleep(self.pause_s)
-            yield f"{i};"
-        yield ModelReply(text="".join(f"{i};" for i in range(self.pieces)))
-
-
-def url(server: Any) -> str:
-    return str(server.make_url("/")).replace("http", "ws", 1)
-
-
 async def test_send_streams_a_weather_turn_and_ask_returns_the_answer(serve: Any) -> None:
     server = await serve()
-    async with connect(url(server)) as client:
+    async with connect(ws_url(server)) as client:
         assert client.agents == ["weather-assistant"]
         assert [a["name"] for a in await client.list_agents()] == ["weather-assistant"]
         session = await client.create_session()  # the default agent
@@ -86,7 +72,7 @@ async def test_send_streams_a_weather_turn_and_ask_returns_the_answer(serve: Any
 
 async def test_a_session_remembers_and_sessions_are_apart(serve: Any) -> None:
     server = await serve(files=(), agents=(counting_agent(),))
-    async with connect(url(server)) as client:
+    async with connect(ws_url(server)) as client:
         one, two = await client.create_session("counter"), await client.create_session()
         assert await one.ask("a") == "1: a"
         assert await one.ask("b") == "2: a | b"
@@ -95,7 +81,7 @@ async def test_a_session_remembers_and_sessions_are_apart(serve: Any) -> None:
 
 async def test_refusals_raise_client_errors_and_the_client_stays_usable(serve: Any) -> None:
     server = await serve(files=(), agents=(counting_agent(), counting_agent("other")))
-    async with connect(url(server)) as client:
+    async with connect(ws_url(server)) as client:
         with pytest.raises(ClientError) as no_agent:
             await client.create_session("nope")
         assert no_agent.value.code == "agent_not_found"
@@ -112,7 +98,7 @@ async def test_refusals_raise_client_errors_and_the_client_stays_usable(serve: A
 
 async def test_approval_runs_the_tool_once(serve: Any) -> None:
     server = await serve(files=(BOOKING,))
-    async with connect(url(server)) as client:
+    async with connect(ws_url(server)) as client:
         session = await client.create_session()
         events = []
         async for event in session.send("Book a table for 2 at 7pm"):
@@ -121,18 +107,15 @@ async def test_approval_runs_the_tool_once(serve: Any) -> None:
                 await session.respond(event["step_id"], approved=True)
         assert events[-1]["event"] == "agent.final_answer"
         assert "booking #1" in events[-1]["content"]
-        tool = server.app[SESSIONS].sessions[session.id].agent.tools[0]
-        assert len(tool.bookings) == 1
+        assert len(bookings(server, session.id)) == 1
 
 
 async def test_every_event_exactly_once_while_the_link_is_cut_mid_turn(serve: Any) -> None:
     pieces = 300
     agent = create_react_agent(name="paced", tools=[], model=PacedModel(pieces, 0.002))
     server = await serve(files=(), agents=(agent,))
-    cutter = LinkCutter(server.port)
-    port = await cutter.start()
-    try:
-        async with connect(f"ws://127.0.0.1:{port}/", backoff=FAST) as client:
+    async with LinkCutter(server.port) as cutter:
+        async with connect(cutter.url, backoff=FAST) as client:
             session = await client.create_session()
             events: list[dict[str, Any]] = []
             async for event in session.send("go"):
@@ -154,13 +137,11 @@ async def test_every_event_exactly_once_while_the_link_is_cut_mid_turn(serve: An
             assert all("replay_gap" not in e["metadata"] for e in resumed)
             # The next turn on the same client needs no help.
             assert (await session.ask("again")).endswith(f"{pieces - 1};")
-    finally:
-        await cutter.close()
 
 
 async def test_acks_let_the_server_trim_its_replay_buffer(serve: Any) -> None:
     server = await serve(files=(), agents=(counting_agent(),))
-    async with connect(url(server), ack_interval_s=0.01) as client:
+    async with connect(ws_url(server), ack_interval_s=0.01) as client:
         session = await client.create_session()
         await session.ask("one")
         buffer = server.app[SESSIONS].sessions[session.id].buffer
@@ -173,7 +154,7 @@ async def test_acks_let_the_server_trim_its_replay_buffer(serve: Any) -> None:
 async def test_leaving_a_turn_early_cancels_it_and_the_next_turn_is_clean(serve: Any) -> None:
     server = await serve(files=(), agents=(waiting_agent(),))
     gate = key()
-    async with connect(url(server)) as client:
+    async with connect(ws_url(server)) as client:
         session = await client.create_session()
         async for event in session.send(gate):
             if event["event"] == "agent.tool_call":
@@ -188,10 +169,10 @@ async def test_leaving_a_turn_early_cancels_it_and_the_next_turn_is_clean(serve:
 async def test_token_auth(serve: Any) -> None:
     server = await serve(files=(), agents=(counting_agent(),), auth_tokens=(TOKENS["alice"],))
     with pytest.raises(ClientError) as refused:
-        async with connect(url(server), token="wrong"):
+        async with connect(ws_url(server), token="wrong"):
             pass
     assert refused.value.code == "unauthorized"
-    async with connect(url(server), token=TOKENS["alice"]) as client:
+    async with connect(ws_url(server), token=TOKENS["alice"]) as client:
         assert await (await client.create_session()).ask("hi") == "1: hi"
 
 
@@ -202,10 +183,8 @@ async def test_a_message_lost_with_the_link_is_sent_again_and_runs_once(
     """The message never reaches the server, or it does and its events never come back:
     either way the client sends it again after the reconnect, and it runs once."""
     server = await serve(files=(), agents=(counting_agent(),))
-    cutter = LinkCutter(server.port)
-    port = await cutter.start()
-    try:
-        async with connect(f"ws://127.0.0.1:{port}/", backoff=FAST) as client:
+    async with LinkCutter(server.port) as cutter:
+        async with connect(cutter.url, backoff=FAST) as client:
             session = await client.create_session()
             assert await session.ask("one") == "1: one"
             stored = server.app[SESSIONS].sessions[session.id]
@@ -230,8 +209,6 @@ async def test_a_message_lost_with_the_link_is_sent_again_and_runs_once(
             assert sum(e["event"] in TERMINAL for e in events) == 1
             assert client.reconnects == 1
             assert await session.ask("three") == "3: one | two | three"
-    finally:
-        await cutter.close()
 
 
 @pytest.mark.parametrize("shared", [False, True], ids=["memory", "redis"])
@@ -270,7 +247,7 @@ async def test_the_server_runs_a_repeated_message_id_once(
 
 async def test_a_turns_first_thinking_repeats_its_message_for_later_readers(serve: Any) -> None:
     server = await serve(files=(), agents=(counting_agent(),))
-    async with connect(url(server)) as client:
+    async with connect(ws_url(server)) as client:
         session = await client.create_session()
         long = "x" * 5000
         for text, shown in (("hello", "hello"), (long, long[:4000])):
@@ -279,7 +256,7 @@ async def test_a_turns_first_thinking_repeats_its_message_for_later_readers(serv
             assert thinking[0]["metadata"]["user_message"] == shown
             assert all("user_message" not in e["metadata"] for e in thinking[1:])
         # A second client attaching later reads both messages from the replay.
-        async with connect(url(server)) as other:
+        async with connect(ws_url(server)) as other:
             watcher = await other.attach(session.id)
             seen = []
             async for event in watcher.events(idle_timeout_s=5):
@@ -292,7 +269,7 @@ async def test_a_turns_first_thinking_repeats_its_message_for_later_readers(serv
 
 async def test_after_a_turn_times_out_the_next_turn_gets_only_its_own_events(serve: Any) -> None:
     server = await serve(files=(), agents=(waiting_agent(),))
-    async with connect(url(server)) as client:
+    async with connect(ws_url(server)) as client:
         session = await client.create_session()
         with pytest.raises(ClientError) as late:
             await session.ask(key(), timeout_s=0.3)  # its gate never opens
@@ -307,7 +284,7 @@ async def test_rate_limited_messages_are_sent_again_after_the_wait(serve: Any) -
     server = await serve(
         files=(), agents=(counting_agent(),), rate_limit_burst=2, rate_limit_per_s=10.0
     )
-    async with connect(url(server)) as client:
+    async with connect(ws_url(server)) as client:
         session = await client.create_session()  # frame 1
         answers = [await session.ask(text) for text in ("a", "b", "c")]  # 2, then limited
         assert answers == ["1: a", "2: a | b", "3: a | b | c"]
@@ -339,7 +316,7 @@ async def test_a_message_refused_as_busy_may_be_sent_again_with_its_id(serve: An
 
 async def test_closing_the_client_ends_a_turn_being_read(serve: Any) -> None:
     server = await serve(files=(), agents=(waiting_agent(),))
-    async with connect(url(server)) as client:
+    async with connect(ws_url(server)) as client:
         session = await client.create_session()
         turn = session.send(key())
 
@@ -357,7 +334,7 @@ async def test_closing_the_client_ends_a_turn_being_read(serve: Any) -> None:
 
 async def test_unread_events_are_bounded_in_bytes_and_none_is_lost(serve: Any) -> None:
     server = await serve(files=(), agents=(burst_agent(2000, 100),))
-    async with connect(url(server), max_queued_bytes=20_000) as client:
+    async with connect(ws_url(server), max_queued_bytes=20_000) as client:
         session = await client.create_session()
         turn = session.send("go")
         first = await turn.__anext__()  # the message is out; now nobody reads for a while
@@ -378,10 +355,8 @@ async def test_re_attaches_refused_by_the_rate_limit_are_sent_again(serve: Any) 
     server = await serve(
         files=(), agents=(counting_agent(),), rate_limit_burst=3, rate_limit_per_s=20.0
     )
-    cutter = LinkCutter(server.port)
-    port = await cutter.start()
-    try:
-        async with connect(f"ws://127.0.0.1:{port}/", backoff=FAST) as client:
+    async with LinkCutter(server.port) as cutter:
+        async with connect(cutter.url, backoff=FAST) as client:
             sessions = []
             for _ in range(6):
                 sessions.append(await client.create_session())
@@ -392,5 +367,3 @@ async def test_re_attaches_refused_by_the_rate_limit_are_sent_again(serve: Any) 
                     await asyncio.sleep(0.01)
             for number, session in enumerate(sessions):
                 assert await session.ask(f"s{number}") == f"1: s{number}"
-    finally:
-        await cutter.close()

@@ -16,16 +16,9 @@ import pytest
 from myagent import BaseTool, create_react_agent
 from myagent.offline import OfflineModel
 from myagent_ws.keys import SESSIONS
+from tests.agents import bookings
 from tests.client import WsClient, names
-from tests.conftest import EXAMPLES
-
-BOOKING = str(EXAMPLES / "booking_agent.py")
-ASK = "Book a table for 2 at Luigi at 19:30"
-
-
-def bookings(server: Any, session_id: str) -> list[dict[str, Any]]:
-    """The session's own record of what its book_table tool did."""
-    return server.app[SESSIONS].sessions[session_id].agent.tools[0].bookings
+from tests.conftest import ASK, BOOKING
 
 
 async def ask(client: WsClient, text: str = ASK) -> tuple[str, dict[str, Any]]:

@@ -18,8 +18,8 @@ from playwright.async_api import Locator, Page, async_playwright, expect
 
 from myagent import FunctionModel, create_react_agent
 from myagent_ws.keys import CONNECTIONS, SESSIONS
-from tests.agents import WaitTool, waiting_agent
-from tests.conftest import EXAMPLES, GREETER, ROOT, WEATHER, reference
+from tests.agents import WaitTool, bookings, waiting_agent
+from tests.conftest import ASK, BEIJING, BOOKING, GREETER, ROOT, WEATHER, reference
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FOUND = CHROMIUM.exists()
@@ -33,7 +33,6 @@ ARGS = [
     "--disable-sync",
 ]
 SHOTS = ROOT / "test-artifacts" / "screenshots"
-BEIJING = "北京今天天气怎么样？"
 expect.set_options(timeout=10_000)
 
 
@@ -93,6 +92,10 @@ async def shot(page: Page, name: str) -> None:
     await page.screenshot(path=str(SHOTS / f"{name}.png"))
 
 
+def panel_of(page: Page, sid: str) -> Locator:
+    return page.locator(f'[data-testid="session-panel"][data-session-id="{sid}"]')
+
+
 async def start_session(page: Page, agent: str | None = None) -> Locator:
     """Pick the agent (if named), press Start session; the new session's panel."""
     tabs = page.get_by_test_id("session-tab")
@@ -102,7 +105,7 @@ async def start_session(page: Page, agent: str | None = None) -> Locator:
     await page.get_by_test_id("start-session").click()
     await expect(tabs).to_have_count(before + 1)
     sid = await tabs.nth(before).get_attribute("data-session-id")
-    panel = page.locator(f'[data-testid="session-panel"][data-session-id="{sid}"]')
+    panel = panel_of(page, sid)
     await expect(panel).to_be_visible()
     return panel
 
@@ -117,6 +120,12 @@ async def final_answer(panel: Locator, contains: str) -> Locator:
     answer = panel.locator('[data-testid="answer"][data-state="final"]').last
     await expect(answer).to_contain_text(contains)
     return answer
+
+
+async def drop_connections(server: Any) -> None:
+    """Closes every connection the server has open, as a dropped link would end them."""
+    for connection in tuple(server.app[CONNECTIONS]):
+        await connection.ws.close()
 
 
 async def test_page_loads_clean_with_agents_and_state(serve: Any) -> None:
@@ -199,11 +208,11 @@ async def test_reload_reattaches_the_session_and_a_new_one_works(serve: Any) -> 
         tabs = page.get_by_test_id("session-tab")
         await expect(tabs).to_have_count(1)
         await expect(tabs).to_have_attribute("data-session-id", sid)
-        kept = page.locator(f'[data-testid="session-panel"][data-session-id="{sid}"]')
-        await expect(kept.get_by_test_id("notice").last).to_contain_text("page reloaded")
-        await expect(kept.get_by_test_id("tool-name")).to_have_text("get_weather")
-        await final_answer(kept, "25°C")
-        await expect(kept.get_by_test_id("send")).to_be_enabled()
+        kept_panel = panel_of(page, sid)
+        await expect(kept_panel.get_by_test_id("notice").last).to_contain_text("page reloaded")
+        await expect(kept_panel.get_by_test_id("tool-name")).to_have_text("get_weather")
+        await final_answer(kept_panel, "25°C")
+        await expect(kept_panel.get_by_test_id("send")).to_be_enabled()
         panel = await start_session(page)
         await send(panel, "What's the weather in London?")
         await final_answer(panel, "London")
@@ -312,8 +321,7 @@ async def test_dropped_connection_reconnects_and_replays_without_duplicates(serv
         panel = await start_session(page)
         await send(panel, key)
         await expect(panel.get_by_test_id("tool-card")).to_have_attribute("data-status", "running")
-        for connection in tuple(server.app[CONNECTIONS]):
-            await connection.ws.close()
+        await drop_connections(server)
         state = page.get_by_test_id("conn-state")
         await expect(state).to_have_attribute("data-state", "reconnecting")
         await shot(page, "07-reconnecting")
@@ -330,14 +338,12 @@ async def test_dropped_connection_reconnects_and_replays_without_duplicates(serv
     assert problems == []
 
 
-BOOKING = str(EXAMPLES / "booking_agent.py")
-BOOK = "Book a table for 2 at Luigi at 19:30"
 STORE_KEY = "myagent-console.sessions.v1"  # session-store.js
 
 
-def bookings(server: Any, sid: str) -> list[dict[str, Any]]:
-    """The session's own record of what its book_table tool did (examples/booking_agent.py)."""
-    return server.app[SESSIONS].sessions[sid].agent.tools[0].bookings
+async def kept(page: Page) -> dict[str, Any]:
+    """What the page keeps in sessionStorage."""
+    return await page.evaluate("(key) => JSON.parse(sessionStorage.getItem(key))", STORE_KEY)
 
 
 async def all_acked(server: Any, sid: str) -> None:
@@ -363,7 +369,7 @@ async def ask_to_book(page: Page) -> tuple[Locator, str, Locator]:
     panel = await start_session(page)
     sid = await panel.get_attribute("data-session-id")
     assert sid
-    await send(panel, BOOK)
+    await send(panel, ASK)
     dialog = page.get_by_test_id("confirm-dialog")
     await expect(dialog).to_be_visible()
     return panel, sid, dialog
@@ -441,8 +447,8 @@ async def test_reload_while_a_confirmation_waits_asks_again_once(serve: Any, ack
         panel, sid, dialog = await ask_to_book(page)
         step = await dialog.get_attribute("data-step-id")
         assert step
-        kept = await page.evaluate("(key) => JSON.parse(sessionStorage.getItem(key))", STORE_KEY)
-        assert [s["id"] for s in kept["sessions"]] == [sid] and kept["active"] == sid
+        stored = await kept(page)
+        assert [s["id"] for s in stored["sessions"]] == [sid] and stored["active"] == sid
         if acked:  # the server no longer buffers the question: it is only asked again
             await all_acked(server, sid)
         frames: list[dict[str, Any]] = []  # what the reloaded page receives
@@ -453,7 +459,7 @@ async def test_reload_while_a_confirmation_waits_asks_again_once(serve: Any, ack
         await page.reload()
         await expect(page.get_by_test_id("conn-state")).to_have_attribute("data-state", "connected")
         await expect(page.get_by_test_id("session-tab")).to_have_count(1)
-        panel = page.locator(f'[data-testid="session-panel"][data-session-id="{sid}"]')
+        panel = panel_of(page, sid)
         await expect(panel).to_be_visible()
         dialog = page.get_by_test_id("confirm-dialog")
         await expect(dialog).to_be_visible()
@@ -494,8 +500,7 @@ async def test_dropped_link_while_a_confirmation_waits_asks_again_on_the_same_ca
         panel, sid, dialog = await ask_to_book(page)
         step = await dialog.get_attribute("data-step-id")
         await page.evaluate("() => { myagentConsole.client.backoff.initialMs = 60000; }")
-        for connection in tuple(server.app[CONNECTIONS]):
-            await connection.ws.close()
+        await drop_connections(server)
         state = page.get_by_test_id("conn-state")
         await expect(state).to_have_attribute("data-state", "reconnecting")
         # Approving while offline: nothing goes out, and the card says so and keeps waiting.
@@ -606,6 +611,6 @@ async def test_reload_forgets_a_session_the_server_no_longer_has(serve: Any) -> 
         assert await page.evaluate("(key) => sessionStorage.getItem(key)", STORE_KEY) is None
         # The page goes on as usual.
         panel = await start_session(page)
-        await send(panel, BOOK)
+        await send(panel, ASK)
         await expect(page.get_by_test_id("confirm-dialog")).to_be_visible()
     assert problems == []

@@ -17,17 +17,17 @@ from aiohttp import web
 from playwright.async_api import Locator, Page, WebSocketRoute, expect
 
 from myagent import BaseTool, Model, ModelReply, ToolCallRequest, ToolResult, create_react_agent
-from myagent_ws.keys import CONNECTIONS, SESSIONS
-from tests.agents import WaitTool, waiting_agent
-from tests.conftest import GREETER, WEATHER
+from myagent_ws.keys import SESSIONS
+from tests.agents import WaitTool, bookings, waiting_agent
+from tests.conftest import BEIJING, BOOKING, GREETER, WEATHER
 from tests.test_console_browser import (
-    BEIJING,
-    BOOKING,
     STORE_KEY,
     ask_to_book,
-    bookings,
     browser,
+    drop_connections,
     final_answer,
+    kept,
+    panel_of,
     record_events,
     seen,
     send,
@@ -133,19 +133,10 @@ class HoldResume:
             self.page_side.send(message)
 
 
-def panel_of(page: Page, sid: str) -> Locator:
-    return page.locator(f'[data-testid="session-panel"][data-session-id="{sid}"]')
-
-
 async def session_id(panel: Locator) -> str:
     sid = await panel.get_attribute("data-session-id")
     assert sid
     return sid
-
-
-async def kept(page: Page) -> dict[str, Any]:
-    """What the page keeps in sessionStorage."""
-    return await page.evaluate("(key) => JSON.parse(sessionStorage.getItem(key))", STORE_KEY)
 
 
 async def transcript(panel: Locator) -> list[list[str]]:
@@ -427,8 +418,7 @@ async def test_reconnecting_shows_the_retry_time_then_recovers_and_replays(serve
         # The server stops listening and drops the page's connection.
         site = next(iter(server.runner.sites))
         await site.stop()
-        for connection in tuple(server.app[CONNECTIONS]):
-            await connection.ws.close()
+        await drop_connections(server)
         label = page.get_by_test_id("conn-label")
         await expect(label).to_have_text("Reconnecting… retrying in 2 s (attempt 1)")
         await expect(label).to_have_text("Reconnecting… retrying in 1 s (attempt 1)")

@@ -18,7 +18,6 @@ import shlex
 import signal
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -38,15 +37,13 @@ from tests.cluster import (
     redis_keys,
     require_redis,
 )
-from tests.conftest import ROOT, WEATHER, free_port
+from tests.conftest import BEIJING, CLI, ROOT, WEATHER, free_port
 
 DOCKERFILE = ROOT / "Dockerfile"
 DEPLOY = ROOT / "deploy"
 COMPOSE = DEPLOY / "docker-compose.yml"
 K8S = DEPLOY / "k8s"
 DEPLOYMENT, SERVICE, K8S_REDIS = K8S / "deployment.yaml", K8S / "service.yaml", K8S / "redis.yaml"
-CLI = str(Path(sys.executable).parent / "myagent-ws")
-BEIJING = "北京今天天气怎么样？"
 
 
 # --- reading the files --------------------------------------------------------------------

@@ -7,7 +7,6 @@ import asyncio
 import os
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -16,9 +15,8 @@ import pytest
 
 from bench.multinode import free_port
 from tests.client import WsClient
-from tests.conftest import ROOT
+from tests.conftest import CLI, ROOT
 
-CLI = str(Path(sys.executable).parent / "myagent-ws")
 # The contract: an edit is served within this many seconds.
 RELOAD_S = 2.0
 
