@@ -87,9 +87,13 @@ def run(monkeypatch: pytest.MonkeyPatch) -> Any:
 
     monkeypatch.setattr(cli_module, "_load", lambda *_args: (AgentRegistry(), None))
     monkeypatch.setattr(myagent_ws.app, "model_for", lambda _settings: Offline())
-    monkeypatch.setattr(
-        myagent_ws.app, "create_app", lambda settings, *_a, **_k: served.append(settings)
-    )
+    build = myagent_ws.app.create_app
+
+    def create_app(settings: Settings, *args: Any, **kwargs: Any) -> Any:
+        served.append(settings)  # what the CLI made of flags and variables
+        return build(settings, *args, **kwargs)  # the banner reads its auth; nothing runs it
+
+    monkeypatch.setattr(myagent_ws.app, "create_app", create_app)
     monkeypatch.setattr("aiohttp.web.run_app", lambda *_a, **_k: None)
     monkeypatch.setattr("myagent_ws.reload.install", lambda *_a, **_k: "reload: on")
 
